@@ -1,0 +1,31 @@
+from setuptools import find_packages, setup
+
+COMMANDS = {
+    "vmdirac-server": "vmdirac.cli.server:main",
+    "dirac-service": "vmdirac.cli.service:main",
+    "dirac-agent": "vmdirac.cli.agent:main",
+    "dirac-cert-init": "vmdirac.cli.cert_init:main",
+    "dirac-proxy-init": "vmdirac.cli.proxy_init:main",
+    "dirac-proxy-info": "vmdirac.cli.proxy_info:main",
+    "dirac-cert-convert": "vmdirac.cli.cert_convert:main",
+    "dirac-configuration-dump": "vmdirac.cli.configuration:dump_main",
+    "dirac-configuration-commit": "vmdirac.cli.configuration:commit_main",
+}
+
+setup(
+    name="vmdirac",
+    version="0.1.0",
+    description="DIRAC workload management with the VMDIRAC cloud extension, rebuilt in Python",
+    packages=find_packages(include=["vmdirac", "vmdirac.*"]),
+    python_requires=">=3.11",
+    install_requires=[
+        "tornado>=6.3",
+        "sqlalchemy>=2.0",
+        "pymysql>=1.1",
+        "cryptography>=42",
+        "apache-libcloud>=3.8",
+        "pyyaml>=6",
+    ],
+    extras_require={"test": ["pytest>=8"]},
+    entry_points={"console_scripts": [f"{name}={target}" for name, target in COMMANDS.items()]},
+)

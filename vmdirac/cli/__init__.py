@@ -1,0 +1,1 @@
+"""The ``dirac-*`` and ``vmdirac-*`` commands: small modules, one line on stderr for an error."""

@@ -1,0 +1,1 @@
+"""The framework every component stands on: RPC, security, configuration, DB engine, agents."""

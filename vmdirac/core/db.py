@@ -1,0 +1,158 @@
+"""SQLAlchemy engines from a URL, and the base class of every DB module.
+
+Transaction rules, for every subclass:
+- A method decorated with ``@transaction`` runs in one transaction on its own connection
+  (the decorator passes it as ``conn``): it commits when the method returns and rolls back when
+  it raises. Nothing is half-written.
+- Deadlocks and lock-wait timeouts (MySQL), "database is locked" (SQLite) and a connection lost
+  before the commit are retried a bounded number of times, re-running the whole method: so a
+  transactional method must not have side effects outside the DB.
+- ``@transaction(write=False)`` marks a read: on SQLite it does not take the write lock.
+- DB classes talk to SQLAlchemy only; they never import services or clients.
+
+SQLite (the embedded default) runs in WAL mode with a busy timeout, and write transactions start
+with ``BEGIN IMMEDIATE`` so two writers queue instead of failing on a lock upgrade.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import logging
+import random
+import time
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+from sqlalchemy import DateTime, MetaData, create_engine, event
+from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.types import TypeDecorator
+
+from vmdirac.core.exceptions import ConfigurationError, DBError
+
+log = logging.getLogger(__name__)
+
+MAX_ATTEMPTS = 5
+_RETRY_MYSQL = {1213, 1205, 2006, 2013}  # deadlock, lock wait timeout, server gone, lost connection
+
+
+class UTCDateTime(TypeDecorator):
+    """Stored as naive UTC (both backends), always handed back UTC-aware."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the DB; use UTC-aware datetimes")
+        return value.astimezone(dt.timezone.utc).replace(tzinfo=None)
+
+    def process_result_value(self, value: dt.datetime | None, dialect) -> dt.datetime | None:
+        return value.replace(tzinfo=dt.timezone.utc) if value is not None else None
+
+
+def utcnow() -> dt.datetime:
+    """Now, UTC, to the second (what both backends store and DIRAC shows)."""
+    return dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+
+
+def make_engine(url: str) -> Engine:
+    try:
+        parsed = make_url(url)
+    except Exception as e:  # sqlalchemy raises ArgumentError with the URL in it; keep ours short
+        raise ConfigurationError("the database URL is not valid") from e
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(
+            parsed,
+            connect_args={"timeout": 30, "check_same_thread": False, "isolation_level": None},
+            pool_size=20,
+            max_overflow=20,
+        )
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn, _record):
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _sqlite_begin(conn: Connection):
+            write = conn.get_execution_options().get("vmdirac_write", True)
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+        return engine
+    if backend == "mysql":
+        query = dict(parsed.query)
+        query.setdefault("charset", "utf8mb4")
+        return create_engine(
+            parsed.set(query=query),
+            pool_pre_ping=True,
+            pool_recycle=3600,
+            pool_size=20,
+            max_overflow=40,
+            isolation_level="READ COMMITTED",
+        )
+    raise ConfigurationError(f"unsupported database backend {backend!r} (use sqlite or mysql+pymysql)")
+
+
+def _retryable(err: DBAPIError) -> bool:
+    if err.connection_invalidated:
+        return True
+    orig = err.orig
+    code = orig.args[0] if getattr(orig, "args", None) else None
+    if isinstance(code, int) and code in _RETRY_MYSQL:
+        return True
+    return isinstance(err, OperationalError) and "database is locked" in str(orig)
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def transaction(fn: F | None = None, *, write: bool = True) -> Any:
+    """Run a ``BaseDB`` method in one retried transaction; see the module docstring."""
+
+    def wrap(method: F) -> F:
+        @functools.wraps(method)
+        def runner(self: BaseDB, *args: Any, **kwargs: Any) -> Any:
+            for attempt in range(1, MAX_ATTEMPTS + 1):
+                try:
+                    with self.engine.connect().execution_options(vmdirac_write=write) as conn:
+                        with conn.begin():
+                            return method(self, conn, *args, **kwargs)
+                except DBAPIError as e:
+                    if attempt == MAX_ATTEMPTS or not _retryable(e):
+                        raise DBError(f"{type(self).__name__}.{method.__name__}: database error "
+                                      f"({type(e.orig).__name__}: {e.orig})") from e
+                    log.warning("%s.%s: retrying after %s (attempt %d)",
+                                type(self).__name__, method.__name__, e.orig, attempt)
+                    time.sleep(random.uniform(0.01, 0.05) * attempt)
+            raise AssertionError("unreachable")
+
+        return runner  # type: ignore[return-value]
+
+    return wrap(fn) if fn is not None else wrap
+
+
+class BaseDB:
+    """A DB module: its tables in ``metadata``, its logic in ``@transaction`` methods."""
+
+    metadata: MetaData
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    @property
+    def backend(self) -> str:
+        return self.engine.dialect.name
+
+    def create_tables(self) -> None:
+        self.metadata.create_all(self.engine)

@@ -1,0 +1,1 @@
+"""One module per database: its tables and the transactions on them."""
