@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import uuid
 from pathlib import Path
 
@@ -105,3 +106,10 @@ def pytest_configure(config):
 
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def command(name: str) -> str:
+    """The path of one of our console scripts, installed beside this Python."""
+    path = Path(sys.executable).with_name(name)
+    assert path.exists(), f"{name} is not installed beside {sys.executable}: pip install -e ."
+    return str(path)

@@ -20,14 +20,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.agent.count("/") != 1:
         raise ConfigurationError(f"{args.agent!r}: give the agent as System/Agent")
-    context, _tree = prepare(args, args.agent)
+    context, _tree = prepare(args, args.agent, "Agents")
     (agent,) = make_agents(context, [args.agent])
-    if args.once:
-        agent.initialize()
-        agent.execute()
-        return 0
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: agent.stop())
-    agent.run()
+    agent.run(max_cycles=1 if args.once else None)
     context.engine.dispose()
     return 1 if agent.failed_cycles and agent.failed_cycles == agent.cycles else 0

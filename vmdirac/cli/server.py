@@ -7,7 +7,7 @@ from pathlib import Path
 
 from vmdirac.cli.common import command, parser
 from vmdirac.core.launcher import (
-    configured, default_root, make_agents, make_context, make_services, read_local, run_components,
+    component_class, configured, default_root, make_agents, make_context, make_services, read_local, run_components,
 )
 from vmdirac.core.logs import setup_logging
 
@@ -22,9 +22,13 @@ def add_common(p) -> None:
     p.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING (default: Local/LogLevel)")
 
 
-def prepare(args, component: str):
+def prepare(args, component: str, kind: str | None = None):
+    """Read the files, check the component named on the command line exists, set up logging,
+    then open the DB and the configuration."""
     root = (args.root or default_root()).expanduser().resolve()
     tree, local, paths = read_local(args.config, root)
+    if kind:
+        component_class(kind, component, tree)
     setup_logging(args.log_level or local.LogLevel, local.LogFile or None, component)
     return make_context(tree, local, paths), tree
 

@@ -19,7 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.service.count("/") != 1:
         raise ConfigurationError(f"{args.service!r}: give the service as System/Service")
-    context, tree = prepare(args, args.service)
+    context, tree = prepare(args, args.service, "Services")
     services = make_services(context, [args.service])
     asyncio.run(run_components(context, services, [], args.port))
     return 0

@@ -66,8 +66,8 @@ class Agent:
     def stopping(self) -> bool:
         return self._stopping.is_set()
 
-    def run(self) -> None:
-        """Run cycles until stopped or ``MaxCycles`` is reached."""
+    def run(self, max_cycles: int | None = None) -> None:
+        """Run cycles until stopped or ``max_cycles`` (default: the ``MaxCycles`` option) ran."""
         self.initialize()
         self.log.info("started")
         while not self._stopping.is_set():
@@ -82,7 +82,8 @@ class Agent:
                 self.failed_cycles += 1
                 self.log.exception("cycle %d failed after %.3f s; the next cycle will run",
                                    self.cycles, time.monotonic() - start)
-            if opts.MaxCycles and self.cycles >= opts.MaxCycles:
+            limit = opts.MaxCycles if max_cycles is None else max_cycles
+            if limit and self.cycles >= limit:
                 break
             self._wake.wait(max(0.0, opts.PollingTime - (time.monotonic() - start)))
         self.log.info("stopped after %d cycle(s)", self.cycles)

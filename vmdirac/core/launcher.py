@@ -137,7 +137,8 @@ def component_class(kind: str, full_name: str, tree: dict) -> type:
     spec = section.get("Module") if isinstance(section, dict) else None
     spec = spec or known.get(full_name)
     if not spec:
-        raise ConfigurationError(f"unknown {kind[:-1].lower()} {full_name}; known: {', '.join(sorted(known))}")
+        hint = f"; known: {', '.join(sorted(known))}" if known else ""
+        raise ConfigurationError(f"unknown {kind[:-1].lower()} {full_name}{hint}")
     return _load_class(spec)
 
 
