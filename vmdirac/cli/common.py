@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import functools
 import getpass
+import os
 import sys
 from typing import Callable
 
@@ -28,6 +29,10 @@ def command(fn: Callable[[list[str] | None], int | None]) -> Callable[[list[str]
         except VMDiracError as e:
             print(f"ERROR: {e.message}", file=sys.stderr)
             return 1
+        except BrokenPipeError:
+            # The reader went away (e.g. `| head`): nothing more to say, and say nothing.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 0
         except KeyboardInterrupt:
             print("ERROR: interrupted", file=sys.stderr)
             return 1

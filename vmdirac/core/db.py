@@ -8,6 +8,9 @@ Transaction rules, for every subclass:
   before the commit are retried a bounded number of times, re-running the whole method: so a
   transactional method must not have side effects outside the DB.
 - ``@transaction(write=False)`` marks a read: on SQLite it does not take the write lock.
+- To make several DB methods one transaction, pass the connection on: ``db.method(..., conn=conn)``
+  runs inside the caller's transaction (no new transaction, no retry of its own). Services use
+  ``BaseDB.run(fn)`` to run ``fn(conn)`` as one retried transaction across DB modules.
 - DB classes talk to SQLAlchemy only; they never import services or clients.
 
 SQLite (the embedded default) runs in WAL mode with a busy timeout, and write transactions start
@@ -122,7 +125,9 @@ def transaction(fn: F | None = None, *, write: bool = True) -> Any:
 
     def wrap(method: F) -> F:
         @functools.wraps(method)
-        def runner(self: BaseDB, *args: Any, **kwargs: Any) -> Any:
+        def runner(self: BaseDB, *args: Any, conn: Connection | None = None, **kwargs: Any) -> Any:
+            if conn is not None:
+                return method(self, conn, *args, **kwargs)
             for attempt in range(1, MAX_ATTEMPTS + 1):
                 try:
                     with self.engine.connect().execution_options(vmdirac_write=write) as conn:
@@ -156,3 +161,8 @@ class BaseDB:
 
     def create_tables(self) -> None:
         self.metadata.create_all(self.engine)
+
+    @transaction
+    def run(self, conn: Connection, fn: Callable[[Connection], Any]) -> Any:
+        """``fn(conn)`` as one retried transaction (for work spanning several DB modules)."""
+        return fn(conn)

@@ -67,6 +67,16 @@ class InvalidArgument(VMDiracError):
     errno = _errno.EINVAL
 
 
+class InvalidJDL(InvalidArgument):
+    """A job description that cannot be parsed or breaks a rule; the message names the line."""
+
+
+class QuotaExceeded(VMDiracError):
+    """A limit was reached (sandbox size, parametric job cap, a cloud's quota)."""
+
+    errno = _errno.EDQUOT
+
+
 class NotFound(VMDiracError):
     errno = _errno.ENOENT
 

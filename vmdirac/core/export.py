@@ -195,6 +195,12 @@ class Service:
     def initialize(self) -> None:
         """Create tables, read options: anything to do once before the first call."""
 
+    def handlers(self) -> list[tuple]:
+        """Extra Tornado routes of this service (e.g. streaming sandbox transfers), as
+        ``(pattern, HandlerClass, kwargs)``; handlers derive from ``core.server.BaseHandler``
+        and get ``app_state`` in their kwargs from the server."""
+        return []
+
     @export(properties=[ALL])
     def ping(self, caller: Caller) -> dict:
         return {"service": self.full_name, "version": __version__, "host": socket.gethostname(),

@@ -213,7 +213,11 @@ class RPCServer:
                  extra_handlers: list | None = None) -> None:
         self.executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rpc")
         self.state = AppState({s.full_name: s for s in services}, config, self.executor, max_body)
-        self.app = make_application(self.state, extra_handlers)
+        routes = list(extra_handlers or [])
+        for service in services:
+            routes += [(pattern, cls, {"app_state": self.state, **kwargs})
+                       for pattern, cls, kwargs in service.handlers()]
+        self.app = make_application(self.state, routes)
         self.ssl_context = ssl_context
         self.http: HTTPServer | None = None
         self.port = 0
