@@ -5,6 +5,14 @@ A configuration section may name another class with ``Module:`` (extensions do, 
 
 SERVICES: dict[str, str] = {
     "Configuration/Server": "vmdirac.services.configuration:ConfigurationService",
+    "WorkloadManagement/JobManager": "vmdirac.services.job_manager:JobManagerService",
+    "WorkloadManagement/JobMonitoring": "vmdirac.services.job_monitoring:JobMonitoringService",
+    "WorkloadManagement/JobStateUpdate": "vmdirac.services.job_state_update:JobStateUpdateService",
+    "WorkloadManagement/Matcher": "vmdirac.services.matcher:MatcherService",
+    "WorkloadManagement/SandboxStore": "vmdirac.services.sandbox_store:SandboxStoreService",
 }
 
-AGENTS: dict[str, str] = {}
+AGENTS: dict[str, str] = {
+    "WorkloadManagement/StalledJobAgent": "vmdirac.agents.stalled_job_agent:StalledJobAgent",
+    "WorkloadManagement/SandboxCleaningAgent": "vmdirac.agents.sandbox_cleaning_agent:SandboxCleaningAgent",
+}

@@ -1,0 +1,1 @@
+"""One module per agent: a loop around one pure decision."""

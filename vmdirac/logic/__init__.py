@@ -1,0 +1,1 @@
+"""Logic that spans several DB modules: what services and agents call, below the RPC edge."""

@@ -1,0 +1,70 @@
+"""WorkloadManagement/Matcher: gives a pilot one job that fits its resource, atomically.
+
+No state in the process: the claim is made in the DB (TaskQueueDB.claim), so any number of
+Matcher processes on one MySQL never give a job twice. A pilot credential takes jobs of its VO
+only; a pilot started with a user proxy takes only that user's jobs.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from sqlalchemy.engine import Connection
+
+from vmdirac.core.export import Caller, export
+from vmdirac.services.wms_base import WMSService
+from vmdirac.wms.job_status import JobStatus as S, MinorStatus as M
+from vmdirac.wms.matching import ResourceDescription
+
+log = logging.getLogger(__name__)
+
+PILOTS = ("GenericPilot", "NormalUser")
+
+
+def restrict(caller: Caller, res: ResourceDescription) -> ResourceDescription:
+    """What the caller's credential allows, whatever the resource description says."""
+    from dataclasses import replace
+
+    if caller.has("GenericPilot"):
+        return res if caller.is_host else replace(res, vo=caller.vo)
+    return replace(res, owner=caller.username, owner_group=caller.group, vo=caller.vo)
+
+
+class MatcherService(WMSService):
+    name = "Matcher"
+
+    @export(properties=PILOTS)
+    def requestJob(self, caller: Caller, resourceDescription: dict) -> dict | None:
+        """One job for this resource, now ``Matched / Assigned``; ``None`` when nothing fits."""
+        res = restrict(caller, ResourceDescription.from_wire(resourceDescription))
+        return self.store.jobdb.run(lambda conn: self._match(conn, caller, res))
+
+    def _match(self, conn: Connection, caller: Caller, res: ResourceDescription) -> dict | None:
+        claim = self.store.tqdb.claim(conn, res)
+        if claim is None:
+            return None
+        db = self.store.jobdb
+        attrs = {"MatchedBy": caller.dn, "PilotReference": (res.pilot_reference or res.instance_id)[:255]}
+        if res.site:
+            attrs["Site"] = res.site[:128]
+        db.set_status(claim.job_id, S.MATCHED, M.ASSIGNED, application="Unknown", source="Matcher",
+                      attributes=attrs, expect=(S.WAITING,), conn=conn)
+        params = {k: v for k, v in (("Endpoint", res.endpoint), ("Image", res.image),
+                                    ("InstanceID", res.instance_id)) if v}
+        if params:
+            db.set_parameters(claim.job_id, params, conn=conn)
+        job = db.attributes([claim.job_id], ["Owner", "OwnerDN", "OwnerGroup", "VO"], conn=conn)[claim.job_id]
+        return {"JobID": claim.job_id, "JDL": db.jdl(claim.job_id, conn=conn), "Owner": job["Owner"],
+                "OwnerDN": job["OwnerDN"], "OwnerGroup": job["OwnerGroup"], "VO": job["VO"], "TQId": claim.tq_id}
+
+    @export(properties=(*PILOTS, "JobAdministrator", "Operator"))
+    def getMatchingTaskQueues(self, caller: Caller, resourceDescription: dict) -> dict:
+        """Task queues this resource could take jobs from, with requirements and job counts."""
+        res = ResourceDescription.from_wire(resourceDescription)
+        if not caller.has("JobAdministrator", "Operator"):
+            res = restrict(caller, res)
+        return {str(k): v for k, v in self.store.tqdb.matching_queues(res).items()}
+
+    @export(properties=("JobAdministrator", "Operator"))
+    def getActiveTaskQueues(self, caller: Caller) -> dict:
+        return self.getMatchingTaskQueues(caller, {})

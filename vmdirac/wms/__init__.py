@@ -1,0 +1,1 @@
+"""Workload-management logic: pure functions and typed records, no DB, no network."""
