@@ -10,6 +10,15 @@ COMMANDS = {
     "dirac-cert-convert": "vmdirac.cli.cert_convert:main",
     "dirac-configuration-dump": "vmdirac.cli.configuration:dump_main",
     "dirac-configuration-commit": "vmdirac.cli.configuration:commit_main",
+    "dirac-pilot": "vmdirac.cli.pilot:main",
+    "dirac-wms-job-submit": "vmdirac.cli.wms_job_submit:main",
+    "dirac-wms-job-status": "vmdirac.cli.wms_job_status:main",
+    "dirac-wms-job-logging-info": "vmdirac.cli.wms_job_logging_info:main",
+    "dirac-wms-job-parameters": "vmdirac.cli.wms_job_parameters:main",
+    "dirac-wms-job-get-output": "vmdirac.cli.wms_job_get_output:main",
+    "dirac-wms-job-kill": "vmdirac.cli.wms_job_kill:main",
+    "dirac-wms-job-reschedule": "vmdirac.cli.wms_job_reschedule:main",
+    "dirac-wms-job-delete": "vmdirac.cli.wms_job_delete:main",
 }
 
 setup(

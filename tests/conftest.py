@@ -98,7 +98,7 @@ def start_server(pki, tmp_path):
 def server(start_server, db_url):
     """A server with the Configuration service and the test service, on each backend."""
     return start_server(db_url, ["Configuration/Server", "Test/Echo"],
-                        {"Systems": {"Test": {"Services": {"Echo": {"Module": "tests.services:EchoService"}}}}})
+                        {"Systems": {"Test": {"Services": {"Echo": {"Module": "tests.echo_service:EchoService"}}}}})
 
 
 def pytest_configure(config):

@@ -167,7 +167,7 @@ def test_keep_alive_connection_is_reused_and_recovers(server):
 
 def test_graceful_stop_lets_calls_in_flight_finish(start_server, db_url):
     srv = start_server(db_url, ["Test/Echo"],
-                       {"Systems": {"Test": {"Services": {"Echo": {"Module": "tests.services:EchoService"}}}}})
+                       {"Systems": {"Test": {"Services": {"Echo": {"Module": "tests.echo_service:EchoService"}}}}})
     svc = srv.services[0]
     result = {}
     t = threading.Thread(target=lambda: result.setdefault("v", srv.client("Test/Echo").waitForRelease()))

@@ -202,3 +202,24 @@ def test_job_lists_for_the_portal(wms: WMS):
         mon.getJobs({"FromDate": "yesterday"})
     admin = wms.user("JobMonitoring", "admin-proxy")
     assert admin.getOwners() == ["alice", "bob"]
+
+
+def test_long_poll_answers_when_a_job_arrives(wms: WMS):
+    import threading
+    import time
+
+    got = {}
+    pilot = wms.pilot()
+    t = threading.Thread(target=lambda: got.setdefault("match", pilot.requestJob({}, 20)))
+    started = time.monotonic()
+    t.start()
+    job_id = None
+    # Submit once the pilot is (very likely) waiting; correctness does not depend on it.
+    t.join(0.3)
+    job_id = wms.submit(jdl())
+    t.join(15)
+    assert got["match"]["JobID"] == job_id
+    assert time.monotonic() - started < 15   # woken by the submission, not the 20 s limit
+    assert wms.pilot().requestJob({}, 0.2) is None
+    with pytest.raises(Exception, match="waitSeconds must be between 0 and 30"):
+        wms.pilot().requestJob({}, 31)

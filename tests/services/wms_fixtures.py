@@ -6,7 +6,7 @@ import pytest
 
 WMS_SERVICES = ["Configuration/Server", "WorkloadManagement/JobManager", "WorkloadManagement/JobMonitoring",
                 "WorkloadManagement/JobStateUpdate", "WorkloadManagement/Matcher",
-                ]  # TEMP
+                "WorkloadManagement/SandboxStore"]
 
 
 def wms_tree(**job_manager) -> dict:

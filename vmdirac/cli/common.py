@@ -9,13 +9,18 @@ import os
 import sys
 from typing import Callable
 
-from vmdirac.core.exceptions import VMDiracError
+from vmdirac.core.exceptions import InvalidArgument, VMDiracError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        # A usage mistake is an error like any other: one line, exit 1 (argparse: usage, exit 2).
+        raise InvalidArgument(f"{message} (see {self.prog} --help)")
 
 
 def parser(prog: str, description: str, example: str) -> argparse.ArgumentParser:
-    return argparse.ArgumentParser(
-        prog=prog, description=description, epilog=f"example:\n  {example}",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+    return _Parser(prog=prog, description=description, epilog=f"example:\n  {example}",
+                   formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
 def command(fn: Callable[[list[str] | None], int | None]) -> Callable[[list[str] | None], int]:
@@ -23,7 +28,7 @@ def command(fn: Callable[[list[str] | None], int | None]) -> Callable[[list[str]
 
     @functools.wraps(fn)
     def main(argv: list[str] | None = None) -> int:
-        prog = fn.__module__.rsplit(".", 1)[-1].replace("_", "-")
+        prog = os.path.basename(sys.argv[0]) or fn.__module__.rsplit(".", 1)[-1]
         try:
             return fn(argv) or 0
         except VMDiracError as e:

@@ -13,7 +13,7 @@ import logging
 import os
 import signal
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from vmdirac.core.db import make_engine
 from vmdirac.core.exceptions import ConfigurationError
 from vmdirac.core.export import Service
 from vmdirac.core.logs import setup_logging
+from vmdirac.core.notify import Notifier
 from vmdirac.core.server import RPCServer
 from vmdirac.core.tls import server_context
 from vmdirac.db.config_db import ConfigDB
@@ -87,6 +88,8 @@ class Context:
     local: LocalOptions
     paths: Paths
     host_credentials: ClientCredentials
+    notifier: Notifier = field(default_factory=Notifier)
+    stopping: bool = False
 
 
 def read_local(files: list[Path], root: Path) -> tuple[dict, LocalOptions, Paths]:
@@ -207,6 +210,8 @@ async def run_components(context: Context, services: list[Service], agents: list
         ready(server)
     await stop.wait()
     log.info("stopping")
+    context.stopping = True
+    context.notifier.wake_all()
     for agent in agents:
         agent.stop()
     if server is not None:

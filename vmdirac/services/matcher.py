@@ -7,18 +7,23 @@ only; a pilot started with a user proxy takes only that user's jobs.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 
 from sqlalchemy.engine import Connection
 
+from vmdirac.core.exceptions import InvalidArgument
 from vmdirac.core.export import Caller, export
-from vmdirac.services.wms_base import WMSService
+from vmdirac.services.wms_base import NEW_JOBS, WMSService
 from vmdirac.wms.job_status import JobStatus as S, MinorStatus as M
 from vmdirac.wms.matching import ResourceDescription
 
 log = logging.getLogger(__name__)
 
 PILOTS = ("GenericPilot", "NormalUser")
+MAX_WAIT = 30.0
+RECHECK = 1.0  # seconds between DB re-checks of a long poll (submissions of other processes)
 
 
 def restrict(caller: Caller, res: ResourceDescription) -> ResourceDescription:
@@ -34,10 +39,24 @@ class MatcherService(WMSService):
     name = "Matcher"
 
     @export(properties=PILOTS)
-    def requestJob(self, caller: Caller, resourceDescription: dict) -> dict | None:
-        """One job for this resource, now ``Matched / Assigned``; ``None`` when nothing fits."""
+    async def requestJob(self, caller: Caller, resourceDescription: dict, waitSeconds: float = 0) -> dict | None:
+        """One job for this resource, now ``Matched / Assigned``; ``None`` when nothing fits.
+
+        ``waitSeconds`` (our extension; DIRAC's clients omit it) makes it a long poll: with
+        nothing to match now, the call answers as soon as a job that fits arrives, or after that
+        many seconds (at most 30). Submissions in this process wake it at once; those made in
+        other processes are seen by a re-check every second.
+        """
+        if not 0 <= waitSeconds <= MAX_WAIT:
+            raise InvalidArgument(f"waitSeconds must be between 0 and {MAX_WAIT}")
         res = restrict(caller, ResourceDescription.from_wire(resourceDescription))
-        return self.store.jobdb.run(lambda conn: self._match(conn, caller, res))
+        deadline = time.monotonic() + waitSeconds
+        while True:
+            got = await asyncio.to_thread(self.store.jobdb.run, lambda conn: self._match(conn, caller, res))
+            left = deadline - time.monotonic()
+            if got is not None or left <= 0 or self.context.stopping:
+                return got
+            await self.context.notifier.wait(NEW_JOBS, min(RECHECK, left))
 
     def _match(self, conn: Connection, caller: Caller, res: ResourceDescription) -> dict | None:
         claim = self.store.tqdb.claim(conn, res)

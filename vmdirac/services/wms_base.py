@@ -10,6 +10,9 @@ from vmdirac.logic.job_access import check_access
 from vmdirac.logic.jobs import JobLimits, JobStore
 
 
+NEW_JOBS = "jobs"  # notifier topic: jobs became Waiting
+
+
 @dataclass(frozen=True)
 class JobScheduling:
     """``Operations/Defaults/JobScheduling``."""
@@ -32,6 +35,7 @@ class WMSService(Service):
 
     def initialize(self) -> None:
         self.store = JobStore(self.context.engine, self.group_shares)
+        self.store.new_work_listeners.append(lambda: self.context.notifier.notify(NEW_JOBS))
         self.store.create_tables()
 
     def group_shares(self) -> dict[str, float]:
