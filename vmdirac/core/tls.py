@@ -52,6 +52,11 @@ def client_context(cert: str | Path | None, key: str | Path | None, ca_location:
     """A client context presenting ``cert`` (a proxy file holds its key) and checking the host."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    # In TLS 1.3 the server judges the client's chain after the client's handshake is over: a
+    # refusal then arrives as an alert that races with the request already sent, and often is
+    # lost to a connection reset. In TLS 1.2 it ends the handshake itself, so the user is told
+    # reliably why (unknown CA, bad signature). Servers still speak 1.3 to other clients.
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_2
     load_ca(ctx, ca_location)
     ctx.check_hostname = True
     ctx.verify_mode = ssl.CERT_REQUIRED
