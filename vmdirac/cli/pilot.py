@@ -17,7 +17,7 @@ from vmdirac.pilot.job_agent import JobAgent
 
 EXAMPLE = """dirac-pilot --url https://dirac.example.org:8443 --cert hostcert.pem --key hostkey.pem \\
       --ca /etc/grid-security/certificates --site LCG.Example.org --endpoint local --slots 4 \\
-      --tag GPU --work-dir /scratch/pilot --stop-file /scratch/pilot/STOP --max-empty-matches 1200
+      --tag GPU --work-dir /scratch/pilot --stop-file /scratch/pilot/STOP --max-empty-matches 60
   dirac-pilot --client-config ~/.vmdirac/dirac.yaml --proxy /tmp/x509up_u1000 --slots 2
   dirac-pilot --options /etc/vmdirac/pilot.yaml     (the same names as PilotOptions, e.g. Slots: 4)"""
 
@@ -27,7 +27,8 @@ FLAGS = {
     "ca": "CACertificates", "site": "Site", "endpoint": "Endpoint", "image": "Image", "platform": "Platform",
     "tag": "Tags", "required_tag": "RequiredTags", "slots": "Slots", "max_ram": "MaxRAM",
     "time_limit": "TimeLimit", "instance_id": "InstanceID", "pilot_reference": "PilotReference",
-    "work_dir": "WorkDir", "max_empty_matches": "MaxEmptyMatches", "match_wait": "MatchWait", "polling_interval": "PollingInterval",
+    "work_dir": "WorkDir", "max_empty_matches": "MaxEmptyMatches", "match_wait": "MatchWait",
+    "polling_interval": "PollingInterval",
     "heartbeat_period": "HeartbeatPeriod", "watchdog_period": "WatchdogPeriod",
     "max_wall_clock_time": "MaxWallClockTime", "kill_grace": "KillGrace", "stop_file": "StopFile",
     "keep_work_dirs": "KeepWorkDirs",
