@@ -19,7 +19,7 @@ from tests.services.wms_fixtures import jdl, wms_tree
 from vmdirac.core.client import ClientCredentials
 from vmdirac.core.exceptions import NotAuthorized
 from vmdirac.wms import jdl as J
-from vmdirac.wms.sandbox_client import download_sandbox, make_tarball, sandbox_url, upload_sandbox
+from vmdirac.wms.sandbox_client import download_sandbox, make_tarball, sandbox_url
 
 SERVICES = ("JobManager", "JobMonitoring", "JobStateUpdate", "Matcher", "SandboxStore")
 STATUS_LINE = re.compile(r"^JobID=(\d+) Status=([^;]*); MinorStatus=([^;]*); Site=([^;]*);$")
@@ -285,9 +285,7 @@ def finish_with_output(site: Site, job_id: int, files: dict[str, str]) -> None:
         (site.work / "out" / name).parent.mkdir(parents=True, exist_ok=True)
         (site.work / "out" / name).write_text(text)
     tarball = make_tarball([Path(n) for n in files], site.work / "out", site.work / "out.tar.gz")
-    sb_id = upload_sandbox(creds(site, "alice-proxy"), site.server.url("WorkloadManagement/SandboxStore"), tarball)
-    # A JobAdministrator links it: the pilot's own host credential may not (see the xfail below).
-    site.rpc("SandboxStore", "admin-proxy").assignSandboxesToJob(job_id, [[sb_id, "Output"]], "alice", "dirac_user")
+    site.pilot("SandboxStore").storeOutputSandbox(job_id, tarball.read_bytes())
     site.pilot("JobStateUpdate").setJobStatus(job_id, "Done", "Execution Complete", "JobWrapper")
 
 
@@ -321,19 +319,15 @@ def test_get_output_of_a_finished_job_without_output(site: Site):
     assert done.stderr == f"ERROR: job {job_id} is Failed and has no output sandbox\n"
 
 
-@pytest.mark.xfail(strict=True, raises=NotAuthorized,
-                   reason="a pilot's host credential can neither upload (SandboxStore: 'use a user proxy') "
-                          "nor link an Output sandbox (assignSandboxesToJob needs JobAdministrator)")
 def test_a_pilot_attaches_the_output_sandbox_of_its_job(site: Site):
     job_id = site.submit(jdl())
     assert site.pilot("Matcher").requestJob({})["JobID"] == job_id
     (site.work / "std.out").write_text("hello\n")
     tarball = make_tarball([Path("std.out")], site.work, site.work / "out.tar.gz")
-    pilot = ClientCredentials(site.pki.path("workercert.pem"), site.pki.path("workerkey.pem"), str(site.pki.ca_dir),
-                              use_host=True)
-    sb_id = upload_sandbox(pilot, site.server.url("WorkloadManagement/SandboxStore"), tarball)
-    site.pilot("SandboxStore").assignSandboxesToJob(job_id, [[sb_id, "Output"]])
+    sb_id = site.pilot("SandboxStore").storeOutputSandbox(job_id, tarball.read_bytes())
     assert site.rpc("SandboxStore").getSandboxesForJob(job_id)["Output"] == [sb_id]
+    with pytest.raises(NotAuthorized):   # the job's owner is not the pilot running it
+        site.rpc("SandboxStore").storeOutputSandbox(job_id, tarball.read_bytes())
 
 
 def test_a_large_upload_shows_a_progress_bar_on_a_terminal_only(site: Site):

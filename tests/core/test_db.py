@@ -6,7 +6,7 @@ import datetime as dt
 import threading
 
 import pytest
-from sqlalchemy import Column, Integer, MetaData, String, Table, insert, select, text, update
+from sqlalchemy import Column, Integer, MetaData, String, Table, insert, select, update
 
 from vmdirac.core.db import BaseDB, UTCDateTime, make_engine, transaction, utcnow
 from vmdirac.core.exceptions import ConfigurationError, DBError

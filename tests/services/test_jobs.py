@@ -223,3 +223,22 @@ def test_long_poll_answers_when_a_job_arrives(wms: WMS):
     assert wms.pilot().requestJob({}, 0.2) is None
     with pytest.raises(Exception, match="waitSeconds must be between 0 and 30"):
         wms.pilot().requestJob({}, 31)
+
+
+def test_job_sandboxes_follow_the_job(wms: WMS, tmp_path):
+    from vmdirac.wms.sandbox_client import make_tarball, upload_sandbox
+
+    (tmp_path / "in.txt").write_text("input")
+    store = wms.user("SandboxStore")
+    sb_id = upload_sandbox(store.credentials, wms.server.url("WorkloadManagement/SandboxStore"),
+                           make_tarball([tmp_path / "in.txt"], tmp_path))
+    job_id = wms.submit(jdl(InputSandbox=[sb_id]))
+    assert store.getSandboxesForJob(job_id) == {"Input": [sb_id], "Output": []}
+    with pytest.raises(NotAuthorized):
+        wms.user("SandboxStore", "bob-proxy").getSandboxesForJob(job_id)
+    with pytest.raises(NotAuthorized):      # a pilot that does not run it
+        wms.pilot("SandboxStore").getSandboxesForJob(job_id)
+    wms.pilot().requestJob({})
+    assert wms.pilot("SandboxStore").getSandboxesForJob(job_id)["Input"] == [sb_id]
+    with pytest.raises(NotAuthorized, match="does not belong to bob"):
+        wms.submit(jdl(InputSandbox=[sb_id]), "bob-proxy")

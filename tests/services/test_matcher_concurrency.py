@@ -10,7 +10,7 @@ import pytest
 
 from tests.conftest import base_tree
 from tests.processes import ServerProcess
-from tests.services.wms_fixtures import WMS_SERVICES, jdl, wms_tree
+from tests.services.wms_fixtures import jdl, wms_tree
 from vmdirac.core.config import deep_merge
 from vmdirac.wms import jdl as J
 

@@ -11,6 +11,22 @@ from vmdirac.core.export import Caller
 from vmdirac.core.x509 import ChainInfo
 
 TRUSTED_HOST = "TrustedHost"
+# A per-VM credential is a proxy of the pilot identity (a host of the Registry) whose first
+# proxy CN is "instance-<id>"; it keeps only these of the host's properties, and the VO of the
+# group it carries. Sub-proxies keep the first proxy's CN, so a VM cannot pose as another.
+INSTANCE_CN_PREFIX = "instance-"
+VM_PROPERTIES = frozenset({"GenericPilot", "VmRpcOperation"})
+
+
+def instance_cn(instance_id: int) -> str:
+    return f"{INSTANCE_CN_PREFIX}{instance_id}"
+
+
+def _instance_of(info: ChainInfo) -> int | None:
+    cn = info.delegation_cn
+    if info.proxy_depth and cn.startswith(INSTANCE_CN_PREFIX) and cn[len(INSTANCE_CN_PREFIX):].isdigit():
+        return int(cn[len(INSTANCE_CN_PREFIX):])
+    return None
 
 
 def _check_times(info: ChainInfo, now: dt.datetime) -> None:
@@ -48,6 +64,14 @@ def identify(info: ChainInfo | None, registry: Registry, extra_credentials: Any 
         raise NotAuthenticated("no client certificate: call with a certificate or proxy")
     _check_times(info, now or dt.datetime.now(dt.timezone.utc))
     host = registry.hosts_by_dn.get(info.identity)
+    instance = _instance_of(info)
+    if host is not None and instance is not None:
+        group = registry.groups.get(info.group or "")
+        if group is None:
+            raise NotAuthenticated(f"instance {instance}: its credential names no known group")
+        return Caller(dn=info.identity, username=host.name, group=group.name, vo=group.vo,
+                      properties=host.properties & VM_PROPERTIES, is_host=True, registered=True,
+                      credential_dn=info.subject, last_cn=info.last_cn, instance_id=instance)
     if host is not None:
         if isinstance(extra_credentials, list) and len(extra_credentials) == 2:
             if TRUSTED_HOST not in host.properties:

@@ -40,11 +40,14 @@ class Caller:
     registered: bool = False
     credential_dn: str = ""     # the DN of the presented certificate (a proxy's own DN)
     last_cn: str = ""           # last CN of the presented certificate
+    instance_id: int | None = None  # set for a per-VM credential: it acts for this instance only
 
     def has(self, *props: str) -> bool:
         return any(p in self.properties for p in props)
 
     def __str__(self) -> str:
+        if self.instance_id is not None:
+            return f"instance {self.instance_id}"
         if self.is_host:
             return f"host {self.username or self.dn}"
         if self.registered:
@@ -54,7 +57,7 @@ class Caller:
     def to_wire(self) -> dict:
         return {
             "DN": self.dn, "username": self.username, "group": self.group, "VO": self.vo,
-            "properties": sorted(self.properties), "isHost": self.is_host,
+            "properties": sorted(self.properties), "isHost": self.is_host, "instanceID": self.instance_id,
         }
 
 

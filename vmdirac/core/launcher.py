@@ -29,7 +29,6 @@ from vmdirac.core.config import (
 from vmdirac.core.db import make_engine
 from vmdirac.core.exceptions import ConfigurationError
 from vmdirac.core.export import Service
-from vmdirac.core.logs import setup_logging
 from vmdirac.core.notify import Notifier
 from vmdirac.core.server import RPCServer
 from vmdirac.core.tls import server_context

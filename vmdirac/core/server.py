@@ -9,7 +9,6 @@ arguments (400/413); then the call, in the thread pool unless the method is asyn
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import logging
 import ssl
 import time
@@ -26,7 +25,7 @@ from vmdirac.core import jencode
 from vmdirac.core.auth import identify
 from vmdirac.core.config import ConfigStore
 from vmdirac.core.exceptions import (
-    BadRequest, InternalError, NotAuthenticated, RequestTooLarge, UnknownMethod, UnknownService,
+    BadRequest, InternalError, RequestTooLarge, UnknownMethod, UnknownService,
     VMDiracError,
 )
 from vmdirac.core.export import Caller, Service, authorize

@@ -314,7 +314,9 @@ class ChainInfo:
     proxy_depth: int      # 0 for a plain certificate
     not_before: dt.datetime
     not_after: dt.datetime
-    last_cn: str          # last CN of the first certificate (per-VM credentials carry the id here)
+    last_cn: str          # last CN of the first certificate
+    delegation_cn: str = ""  # CN the first proxy added to the end entity's DN: per-VM credentials
+                             # carry their instance here, where sub-proxies cannot change it
 
     def time_left(self, now: dt.datetime | None = None) -> dt.timedelta:
         return max(dt.timedelta(0), self.not_after - (now or utcnow()))
@@ -337,6 +339,7 @@ def chain_info(chain: list[x509.Certificate]) -> ChainInfo:
     entity = chain[depth]
     relevant = chain[: depth + 1]
     cns = chain[0].subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    first_proxy_cns = chain[depth - 1].subject.get_attributes_for_oid(NameOID.COMMON_NAME) if depth else []
     return ChainInfo(
         subject=dn_string(chain[0].subject),
         identity=dn_string(entity.subject),
@@ -346,4 +349,5 @@ def chain_info(chain: list[x509.Certificate]) -> ChainInfo:
         not_before=max(c.not_valid_before_utc for c in relevant),
         not_after=min(c.not_valid_after_utc for c in relevant),
         last_cn=str(cns[-1].value) if cns else "",
+        delegation_cn=str(first_proxy_cns[-1].value) if first_proxy_cns else "",
     )

@@ -231,6 +231,13 @@ class SandboxMetadataDB(BaseDB):
         ).all()
         return [(_info(row), row.Type) for row in rows]
 
+    @transaction(write=False)
+    def job_ids_of(self, conn: Connection, row_id: int, kind: str = "Input") -> list[int]:
+        """The jobs a sandbox is linked to as ``kind``."""
+        c = entity_mapping.c
+        rows = conn.execute(select(c.EntityId).where(c.SBId == row_id, c.Type == kind)).scalars()
+        return [int(e[4:]) for e in rows if e.startswith("Job:") and e[4:].isdigit()]
+
     def get_job_sandboxes(self, job_id: int, conn: Connection | None = None) -> dict[str, list[str]]:
         """``{"Input": [ids], "Output": [ids]}`` of job ``job_id``."""
         return by_type(self.get_sandboxes_assigned_to_entity(job_entity(job_id), conn=conn))

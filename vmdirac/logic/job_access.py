@@ -8,6 +8,17 @@ from vmdirac.core.export import Caller
 ADMIN_PROPERTIES = ("JobAdministrator", "Operator")
 
 
+def pilot_identity(caller: Caller) -> str:
+    """What a job records as the pilot that matched it (``MatchedBy``): the identity, and for a
+    per-VM credential its instance too, since all VMs share the pilot identity."""
+    return caller.dn if caller.instance_id is None else f"{caller.dn}#instance-{caller.instance_id}"
+
+
+def runs_job(caller: Caller, job: dict) -> bool:
+    """Whether ``caller`` is the pilot that matched ``job`` (which has ``MatchedBy``)."""
+    return bool(job.get("MatchedBy")) and job["MatchedBy"] == pilot_identity(caller)
+
+
 def is_job_admin(caller: Caller) -> bool:
     return caller.has(*ADMIN_PROPERTIES)
 

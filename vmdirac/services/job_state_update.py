@@ -9,9 +9,9 @@ from __future__ import annotations
 from typing import Any
 
 from vmdirac.core.db import utcnow
-from vmdirac.core.exceptions import InvalidArgument, NotAuthorized
+from vmdirac.core.exceptions import IllegalTransition, InvalidArgument, NotAuthorized
 from vmdirac.core.export import Caller, export
-from vmdirac.logic.job_access import is_job_admin
+from vmdirac.logic.job_access import is_job_admin, runs_job
 from vmdirac.services.wms_base import WMSService
 from vmdirac.wms.job_status import FINAL, JobStatus as S, parse_status
 
@@ -28,7 +28,7 @@ class JobStateUpdateService(WMSService):
             raise NotAuthorized(f"job {job_id} is not run by this pilot", job_id=job_id)
         if is_job_admin(caller) and (caller.is_host or job["VO"] == caller.vo):
             return job
-        if not job["MatchedBy"] or job["MatchedBy"] != caller.dn:
+        if not runs_job(caller, job):
             raise NotAuthorized(f"job {job_id} is not run by this pilot", job_id=job_id)
         return job
 
@@ -72,6 +72,8 @@ class JobStateUpdateService(WMSService):
     def sendHeartBeat(self, caller: Caller, jobID: int, dynamicData: dict, staticData: dict | None = None) -> dict:
         """Record a heartbeat (CPU, memory, wall time, ...); returns pending commands."""
         job = self._check_reporter(caller, jobID)
+        if job["Status"] in FINAL:
+            raise IllegalTransition(f"job {jobID} is {job['Status']}: it sends no more heartbeats", job_id=jobID)
         values = {str(k)[:100]: str(v)[:1024] for k, v in {**(staticData or {}), **dynamicData}.items()}
         if len(values) > 100:
             raise InvalidArgument("at most 100 heartbeat values")

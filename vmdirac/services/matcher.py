@@ -15,6 +15,7 @@ from sqlalchemy.engine import Connection
 
 from vmdirac.core.exceptions import InvalidArgument
 from vmdirac.core.export import Caller, export
+from vmdirac.logic.job_access import pilot_identity
 from vmdirac.services.wms_base import NEW_JOBS, WMSService
 from vmdirac.wms.job_status import JobStatus as S, MinorStatus as M
 from vmdirac.wms.matching import ResourceDescription
@@ -30,6 +31,8 @@ def restrict(caller: Caller, res: ResourceDescription) -> ResourceDescription:
     """What the caller's credential allows, whatever the resource description says."""
     from dataclasses import replace
 
+    if caller.instance_id is not None:  # a VM: its own VO and instance, whatever it claims
+        return replace(res, vo=caller.vo, instance_id=str(caller.instance_id))
     if caller.has("GenericPilot"):
         return res if caller.is_host else replace(res, vo=caller.vo)
     return replace(res, owner=caller.username, owner_group=caller.group, vo=caller.vo)
@@ -63,7 +66,8 @@ class MatcherService(WMSService):
         if claim is None:
             return None
         db = self.store.jobdb
-        attrs = {"MatchedBy": caller.dn, "PilotReference": (res.pilot_reference or res.instance_id)[:255]}
+        attrs = {"MatchedBy": pilot_identity(caller)[:255],
+                 "PilotReference": (res.pilot_reference or res.instance_id)[:255]}
         if res.site:
             attrs["Site"] = res.site[:128]
         db.set_status(claim.job_id, S.MATCHED, M.ASSIGNED, application="Unknown", source="Matcher",

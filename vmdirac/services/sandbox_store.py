@@ -41,7 +41,9 @@ from vmdirac.core.server import BaseHandler, envelope_error
 from vmdirac.db.sandbox_metadata_db import (
     SANDBOX_TYPES, SandboxInfo, SandboxMetadataDB, by_type, job_entity,
 )
-from vmdirac.logic.job_access import is_job_admin, may_access
+from vmdirac.db.job_db import JobDB
+from vmdirac.logic.job_access import is_job_admin, may_access, runs_job
+from vmdirac.wms.job_status import ACTIVE
 from vmdirac.wms.sandbox_client import check_tarball, compression_suffix
 
 log = logging.getLogger(__name__)
@@ -197,13 +199,12 @@ class SandboxFiles:
 
 # ---------------------------------------------------------------- who may do what
 
-def may_download(caller: Caller, info: SandboxInfo) -> bool:
-    """The owner, an Operator/JobAdministrator of the sandbox's VO, or a pilot."""
-    if caller.has(GENERIC_PILOT):
-        return True  # pilots fetch the input sandboxes of their jobs; to be narrowed per job
-    if caller.is_host and not is_job_admin(caller):
-        return False
-    return may_access(caller, {"Owner": info.owner, "VO": info.vo})
+def may_download(caller: Caller, info: SandboxInfo, runs: Callable[[SandboxInfo], bool] | None = None) -> bool:
+    """The owner, an Operator/JobAdministrator of the sandbox's VO, or the pilot running a job
+    whose input it is (``runs`` answers that)."""
+    if not (caller.is_host and not is_job_admin(caller)) and may_access(caller, {"Owner": info.owner, "VO": info.vo}):
+        return True
+    return caller.has(GENERIC_PILOT) and runs is not None and runs(info)
 
 
 def uploader(caller: Caller) -> tuple[str, str, str]:
@@ -235,6 +236,9 @@ class SandboxStoreService(Service):
         self.options()  # bad options fail the start, not the first upload
         self.db = SandboxMetadataDB(self.context.engine)
         self.db.create_tables()
+        # Access to a job's sandboxes follows the job (its owner, the pilot that matched it).
+        self.jobdb = JobDB(self.context.engine)
+        self.jobdb.create_tables()
 
     def options(self) -> SandboxStoreOptions:
         return store_options(self.context.config.current)
@@ -270,7 +274,7 @@ class SandboxStoreService(Service):
     def open_download(self, caller: Caller, sb_id: str) -> tuple[SandboxInfo, BinaryIO]:
         authorize(caller, frozenset([AUTHENTICATED]), "the SandboxStore download")
         info = self.db.get(sb_id)
-        if not may_download(caller, info):
+        if not may_download(caller, info, lambda i: self._pilot_runs_job_of(caller, i)):
             raise NotAuthorized(f"{caller} may not download sandbox {sb_id}", sb_id=sb_id)
         fh = self.files().open(info)
         self.db.touch(info.row_id)
@@ -310,8 +314,12 @@ class SandboxStoreService(Service):
 
     @export()
     def getSandboxesForJob(self, caller: Caller, jobId: int) -> dict:
-        """``{"Input": [ids], "Output": [ids]}`` of job ``jobId``."""
-        return by_type(self._readable_links(caller, job_entity(jobId)))
+        """``{"Input": [ids], "Output": [ids]}`` of job ``jobId``, for whoever may see the job
+        (its owner, an administrator of its VO, the pilot that matched it)."""
+        job = self.jobdb.attributes([jobId], ["Owner", "VO", "MatchedBy"]).get(jobId)
+        if job is None or not (may_access(caller, job) or (caller.has(GENERIC_PILOT) and runs_job(caller, job))):
+            raise NotAuthorized(f"job {jobId} does not exist or is not yours", job_id=jobId)
+        return by_type(self.db.get_sandboxes_assigned_to_entity(job_entity(jobId)))
 
     @export(properties=[JOB_ADMINISTRATOR])
     def unassignJobs(self, caller: Caller, jobIds: list[int]) -> int:
@@ -325,12 +333,9 @@ class SandboxStoreService(Service):
         checks): store ``tarball`` as the job's Output sandbox, owned by the job's owner and
         group, and link it, in one transaction. Its sandbox id. (Pilots on host credentials
         cannot use the upload route, which takes users' sandboxes only.)"""
-        from vmdirac.db.job_db import JobDB
-        from vmdirac.wms.job_status import ACTIVE
-
-        job = JobDB(self.context.engine).attributes([jobID], ["Status", "MatchedBy", "Owner", "OwnerGroup",
+        job = self.jobdb.attributes([jobID], ["Status", "MatchedBy", "Owner", "OwnerGroup",
                                                               "VO"]).get(jobID)
-        if job is None or not job["MatchedBy"] or job["MatchedBy"] != caller.dn or job["Status"] not in ACTIVE:
+        if job is None or not runs_job(caller, job) or job["Status"] not in ACTIVE:
             raise NotAuthorized(f"job {jobID} is not run by this pilot", job_id=jobID)
         opts = self.options()
         if len(tarball) > opts.max_bytes:
@@ -357,10 +362,16 @@ class SandboxStoreService(Service):
         log.info("output sandbox %s of job %d stored for %s (%d bytes)", sb_id, jobID, caller, len(tarball))
         return sb_id
 
+    def _pilot_runs_job_of(self, caller: Caller, info: SandboxInfo) -> bool:
+        """Whether ``caller`` matched a job, still running, that has this input sandbox."""
+        job_ids = self.db.job_ids_of(info.row_id, "Input")
+        jobs = self.jobdb.attributes(job_ids, ["MatchedBy", "Status"]) if job_ids else {}
+        return any(runs_job(caller, j) and j["Status"] in ACTIVE for j in jobs.values())
+
     def _readable_links(self, caller: Caller, entity_id: str) -> list[tuple[SandboxInfo, str]]:
         links = self.db.get_sandboxes_assigned_to_entity(entity_id)
         for info, _ in links:
-            if not may_download(caller, info):
+            if not may_download(caller, info, lambda i: self._pilot_runs_job_of(caller, i)):
                 raise NotAuthorized(f"{caller} may not see the sandboxes of {entity_id}", entity=entity_id)
         return links
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vmdirac.core.config import options
 from vmdirac.core.export import Caller, Service
 from vmdirac.logic.job_access import check_access
 from vmdirac.logic.jobs import JobLimits, JobStore

@@ -1,0 +1,1 @@
+"""One module per cloud API behind the small interface of ``base.Driver``."""
