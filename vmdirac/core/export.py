@@ -204,15 +204,16 @@ class Service:
         and get ``app_state`` in their kwargs from the server."""
         return []
 
+    # The three below never block: async, so they answer on the IOLoop without a thread hop.
     @export(properties=[ALL])
-    def ping(self, caller: Caller) -> dict:
+    async def ping(self, caller: Caller) -> dict:
         return {"service": self.full_name, "version": __version__, "host": socket.gethostname(),
                 "pid": os.getpid(), "time": dt.datetime.now(dt.timezone.utc)}
 
     @export(properties=[ALL])
-    def whoami(self, caller: Caller) -> dict:
+    async def whoami(self, caller: Caller) -> dict:
         return caller.to_wire()
 
     @export(properties=[ALL])
-    def echo(self, caller: Caller, value: Any) -> Any:
+    async def echo(self, caller: Caller, value: Any) -> Any:
         return value
