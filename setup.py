@@ -11,6 +11,7 @@ COMMANDS = {
     "dirac-configuration-dump": "vmdirac.cli.configuration:dump_main",
     "dirac-configuration-commit": "vmdirac.cli.configuration:commit_main",
     "dirac-pilot": "vmdirac.cli.pilot:main",
+    "dirac-vm-monitor": "vmdirac.cli.vm_monitor:main",
     "dirac-wms-job-submit": "vmdirac.cli.wms_job_submit:main",
     "dirac-wms-job-status": "vmdirac.cli.wms_job_status:main",
     "dirac-wms-job-logging-info": "vmdirac.cli.wms_job_logging_info:main",
@@ -19,6 +20,10 @@ COMMANDS = {
     "dirac-wms-job-kill": "vmdirac.cli.wms_job_kill:main",
     "dirac-wms-job-reschedule": "vmdirac.cli.wms_job_reschedule:main",
     "dirac-wms-job-delete": "vmdirac.cli.wms_job_delete:main",
+    "dirac-vm-instances": "vmdirac.cli.vm_instances:main",
+    "dirac-vm-instance-history": "vmdirac.cli.vm_instance_history:main",
+    "dirac-vm-instance-stop": "vmdirac.cli.vm_instance_stop:main",
+    "dirac-vm-pods": "vmdirac.cli.vm_pods:main",
 }
 
 setup(
@@ -35,6 +40,7 @@ setup(
         "apache-libcloud>=3.8",
         "pyyaml>=6",
     ],
-    extras_require={"test": ["pytest>=8"]},
+    # hypothesis: property tests of the JDL parser (inputs are many, as STYLE.md asks).
+    extras_require={"test": ["pytest>=8", "hypothesis>=6"]},
     entry_points={"console_scripts": [f"{name}={target}" for name, target in COMMANDS.items()]},
 )

@@ -1,0 +1,156 @@
+"""VirtualMachineScheduler: boots VMs on the pods' endpoints for waiting work.
+
+Gather (waiting work each pod's VMs could run, VMs per pod and endpoint), decide
+(``vm.allocation.decide``, pure), act: every VM is written to the DB as New *before* its driver
+is called, so none is ever booted unrecorded; a failing endpoint is backed off with a growing
+delay while the pod's other endpoints take its VMs. New jobs wake the agent at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from vmdirac.contexts import VMContext
+from vmdirac.contexts.cloudinit import build_user_data
+from vmdirac.core.agent import Agent, AgentOptions
+from vmdirac.core.exceptions import VMDiracError
+from vmdirac.db.task_queue_db import TaskQueueDB
+from vmdirac.db.virtual_machine_db import VirtualMachineDB
+from vmdirac.drivers.base import DEPLOYMENT_TAG, INSTANCE_TAG, BootRequest, Driver, DriverError, make_driver
+from vmdirac.logic.vm_credentials import issue_credential
+from vmdirac.services.wms_base import NEW_JOBS
+from vmdirac.vm import config as vmconfig
+from vmdirac.vm.allocation import Backoff, Boot, EndpointCapacity, PodDemand, decide
+from vmdirac.vm.instance_status import ALIVE, BOOTING, InstanceStatus as I
+from vmdirac.wms.matching import ResourceDescription
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class VMSchedulerOptions(AgentOptions):
+    PollingTime: float = 60.0
+    BackoffSeconds: float = 60.0
+    MaxBackoffSeconds: float = 3600.0
+    CredentialHours: float = 24.0
+
+
+def pod_resource(pod: vmconfig.Pod, endpoint: vmconfig.Endpoint) -> ResourceDescription:
+    """What a VM of this pod on this endpoint offers to the Matcher."""
+    image = endpoint.image(pod.options.Image)
+    slots = pod.options.JobSlots or image.Cores
+    return ResourceDescription(site=endpoint.site, endpoint=endpoint.name, image=pod.options.Image,
+                               platform=image.Platform, tags=tuple(image.Tags) + tuple(pod.options.Tags),
+                               required_tags=tuple(pod.options.RequiredTags), cores=slots,
+                               max_ram_mb=image.RAM, vo=pod.vo)
+
+
+def state_dir(context, endpoint: str) -> Path:
+    return context.paths.root / "clouds" / endpoint.replace("/", "_")
+
+
+class VirtualMachineScheduler(Agent):
+    system = "WorkloadManagement"
+    name = "VirtualMachineScheduler"
+    Options = VMSchedulerOptions
+
+    def initialize(self) -> None:
+        self.vmdb = VirtualMachineDB(self.context.engine)
+        self.vmdb.create_tables()
+        self.tqdb = TaskQueueDB(self.context.engine)
+        self.tqdb.create_tables()
+        opts = self.options
+        self.backoff = Backoff(opts.BackoffSeconds, opts.MaxBackoffSeconds)
+        self.drivers: dict[str, Driver] = {}
+        self.context.notifier.subscribe(NEW_JOBS, self.wake)
+
+    def driver(self, endpoint: vmconfig.Endpoint) -> Driver:
+        drv = self.drivers.get(endpoint.name)
+        if drv is None or drv.endpoint != endpoint:
+            drv = make_driver(endpoint, self.vmdb.deployment_id(), state_dir(self.context, endpoint.name))
+            self.drivers[endpoint.name] = drv
+        return drv
+
+    # ------------------------------------------------------------ gather
+
+    def gather(self, snap) -> tuple[list[PodDemand], dict[str, EndpointCapacity], dict, dict]:
+        pods = {n: p for n, p in vmconfig.pods(snap).items() if p.options.Enabled}
+        endpoints = vmconfig.endpoints(snap)
+        instances = self.vmdb.instances(statuses=sorted(ALIVE))
+        now = time.monotonic()
+        demands = []
+        for pod in sorted(pods.values(), key=lambda p: p.name):
+            queues: dict[int, dict] = {}
+            eligible = set()
+            for ep_name in pod.options.Endpoints:
+                found = self.tqdb.matching_queues(pod_resource(pod, endpoints[ep_name]))
+                if found:
+                    eligible.add(ep_name)
+                    queues.update(found)
+            mine = [i for i in instances if i.pod == pod.name]
+            image = endpoints[pod.options.Endpoints[0]].image(pod.options.Image) if pod.options.Endpoints else None
+            slots = pod.options.JobSlots or (image.Cores if image else 1)
+            demands.append(PodDemand(
+                pod=pod.name, policy=pod.options.Policy, endpoints=tuple(pod.options.Endpoints),
+                slots_per_vm=slots, cpu_per_instance=pod.options.CPUPerInstance,
+                max_instances=pod.options.MaxInstances, max_boots_per_cycle=pod.options.MaxBootsPerCycle,
+                static_instances=pod.options.StaticInstances,
+                waiting_jobs=sum(q["Jobs"] for q in queues.values()),
+                waiting_cpu=float(sum(q["Jobs"] * q["CPUTime"] for q in queues.values())),
+                booting=sum(1 for i in mine if i.status in BOOTING),
+                free_slots=sum(max(0, slots - i.jobs) for i in mine if i.status == I.RUNNING),
+                alive=len(mine), eligible=frozenset(eligible)))
+        capacity = {
+            name: EndpointCapacity(name, ep.options.MaxInstances, sum(1 for i in instances if i.endpoint == name),
+                                   ep.options.Priority, self.backoff.backed_off(name, now))
+            for name, ep in endpoints.items()}
+        return demands, capacity, pods, endpoints
+
+    # ------------------------------------------------------------ act
+
+    def execute(self) -> None:
+        snap = self.context.config.current
+        demands, capacity, pods, endpoints = self.gather(snap)
+        boots = decide(demands, capacity)
+        booted = failed = 0
+        for boot in boots:
+            if self.stopping:
+                break
+            if self.backoff.backed_off(boot.endpoint, time.monotonic()):
+                continue  # it failed earlier in this cycle
+            if self.boot(boot, pods[boot.pod], endpoints[boot.endpoint], snap):
+                booted += 1
+            else:
+                failed += 1
+        if boots or failed:
+            self.log.info("booted %d VM(s), %d failed; wanted %d", booted, failed, len(boots))
+
+    def boot(self, boot: Boot, pod: vmconfig.Pod, endpoint: vmconfig.Endpoint, snap) -> bool:
+        image = endpoint.image(pod.options.Image)
+        instance_id, name = self.vmdb.new_instance(pod.name, pod.options.Image, endpoint.name, endpoint.site)
+        try:
+            credential = issue_credential(self.context, instance_id, pod.options.PilotGroup, self.options.CredentialHours)
+            user_data = build_user_data(self.vm_context(instance_id, name, pod, endpoint, image, credential, snap))
+            node = self.driver(endpoint).boot(BootRequest(
+                name, image, user_data, {DEPLOYMENT_TAG: self.vmdb.deployment_id(), INSTANCE_TAG: name}))
+        except (DriverError, VMDiracError, OSError) as e:
+            reason = getattr(e, "message", None) or str(e)
+            self.vmdb.set_error(instance_id, f"{type(e).__name__}: {reason}")
+            if isinstance(e, DriverError):
+                delay = self.backoff.failed(endpoint.name, time.monotonic())
+                self.log.warning("endpoint %s failed (%s); backed off for %.0f s", endpoint.name, reason, delay)
+            else:
+                self.log.error("instance %d not booted: %s", instance_id, reason)
+            return False
+        self.backoff.succeeded(endpoint.name)
+        self.vmdb.set_submitted(instance_id, node.vm_id, list(node.public_ips), list(node.private_ips))
+        self.log.info("instance %d (%s) of pod %s submitted to %s as %s", instance_id, name, pod.name,
+                      endpoint.name, node.vm_id)
+        return True
+
+    def vm_context(self, instance_id: int, name: str, pod: vmconfig.Pod, endpoint: vmconfig.Endpoint,
+                   image: vmconfig.ImageOptions, credential: bytes, snap) -> VMContext:
+        raise NotImplementedError  # filled once the contexts package lands
