@@ -15,8 +15,18 @@ from tests.conftest import ROOT, command
 from vmdirac.core.client import ClientCredentials, RPCClient
 
 
+def free_port() -> int:
+    """A port nothing listens on now (for servers whose URLs must be in their configuration)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 class ServerProcess:
-    def __init__(self, pki, root: Path, tree: dict, db_url: str, args: tuple[str, ...] = ("--no-agents",)) -> None:
+    def __init__(self, pki, root: Path, tree: dict, db_url: str, args: tuple[str, ...] = ("--no-agents",),
+                 port: int = 0) -> None:
         self.pki = pki
         root.mkdir(parents=True, exist_ok=True)
         tree = dict(tree)
@@ -28,7 +38,7 @@ class ServerProcess:
         env = {k: v for k, v in os.environ.items() if k != "VMDIRAC_DB_URL"}
         env["PYTHONPATH"] = str(ROOT)
         self.proc = subprocess.Popen([command("vmdirac-server"), "--root", str(root), "-c", str(self.config),
-                                      "--port", "0", *args], env=env, cwd=ROOT,
+                                      "--port", str(port), *args], env=env, cwd=ROOT,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.output: list[str] = []
         self.port = 0

@@ -10,9 +10,13 @@ SERVICES: dict[str, str] = {
     "WorkloadManagement/JobStateUpdate": "vmdirac.services.job_state_update:JobStateUpdateService",
     "WorkloadManagement/Matcher": "vmdirac.services.matcher:MatcherService",
     "WorkloadManagement/SandboxStore": "vmdirac.services.sandbox_store:SandboxStoreService",
+    "WorkloadManagement/VirtualMachineManager":
+        "vmdirac.services.virtual_machine_manager:VirtualMachineManagerService",
 }
 
 AGENTS: dict[str, str] = {
     "WorkloadManagement/StalledJobAgent": "vmdirac.agents.stalled_job_agent:StalledJobAgent",
     "WorkloadManagement/SandboxCleaningAgent": "vmdirac.agents.sandbox_cleaning_agent:SandboxCleaningAgent",
+    "WorkloadManagement/VirtualMachineScheduler": "vmdirac.agents.vm_scheduler:VirtualMachineScheduler",
+    "WorkloadManagement/VirtualMachineReconciler": "vmdirac.agents.vm_reconciler:VirtualMachineReconciler",
 }

@@ -31,3 +31,59 @@ class ReconcilerOptions(AgentOptions):
     BootGrace: float = 40 * 60.0          # a Submitted VM has this long to send its first heartbeat
 
 
+
+
+class VirtualMachineReconciler(Agent):
+    system = "WorkloadManagement"
+    name = "VirtualMachineReconciler"
+    Options = ReconcilerOptions
+
+    def initialize(self) -> None:
+        self.vmdb = VirtualMachineDB(self.context.engine)
+        self.vmdb.create_tables()
+        self.drivers: dict[str, Driver] = {}
+
+    def driver(self, endpoint: vmconfig.Endpoint) -> Driver:
+        drv = self.drivers.get(endpoint.name)
+        if drv is None or drv.endpoint != endpoint:
+            drv = make_driver(endpoint, self.vmdb.deployment_id(), state_dir(self.context, endpoint.name))
+            self.drivers[endpoint.name] = drv
+        return drv
+
+    def execute(self) -> None:
+        opts = self.options
+        snap = self.context.config.current
+        endpoints = vmconfig.endpoints(snap)
+        pods = vmconfig.pods(snap)
+        known = [Known(i.instance_id, i.name, i.endpoint, i.endpoint_vm_id, i.status, i.last_update, i.started, i.pod)
+                 for i in self.vmdb.instances()]
+        nodes = {}
+        for name, endpoint in endpoints.items():
+            try:
+                nodes[name] = self.driver(endpoint).list_nodes()
+            except (DriverError, VMDiracError, OSError) as e:
+                self.log.warning("cannot list the VMs of %s: %s", name, e)
+        actions = decide(known, nodes, utcnow(), opts.StallingInterval, opts.BootGrace,
+                         {n: p.options.MaxLifetime for n, p in pods.items()})
+        by_id = {k.instance_id: k for k in known}
+        for instance_id in actions.stall:
+            k = by_id[instance_id]
+            self._safely(self.vmdb.set_status, instance_id, "Stalled",
+                         f"no heartbeat for {opts.StallingInterval:.0f} s")
+            if k.vm_id and k.endpoint in endpoints:
+                self._safely(self.driver(endpoints[k.endpoint]).terminate, k.vm_id)
+        for instance_id in actions.close:
+            self._safely(self.vmdb.set_status, instance_id, "Halted", "gone at the endpoint")
+        for endpoint, vm_id in actions.terminate:
+            self.log.info("terminating orphan VM %s at %s", vm_id, endpoint)
+            self._safely(self.driver(endpoints[endpoint]).terminate, vm_id)
+        for instance_id in actions.drain:
+            self._safely(self.vmdb.request_stop, instance_id, False)
+        self.log.info("stalled %d, closed %d, orphans terminated %d, drained %d",
+                      len(actions.stall), len(actions.close), len(actions.terminate), len(actions.drain))
+
+    def _safely(self, fn, *args) -> None:
+        try:
+            fn(*args)
+        except (DriverError, VMDiracError, OSError) as e:  # the next cycle tries again
+            self.log.warning("%s%s failed: %s", getattr(fn, "__name__", fn), args, e)

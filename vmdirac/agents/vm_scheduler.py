@@ -9,12 +9,12 @@ delay while the pod's other endpoints take its VMs. New jobs wake the agent at o
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from vmdirac.contexts import VMContext
-from vmdirac.contexts.cloudinit import build_user_data
+from vmdirac.contexts import VMContext, boot_user_data, make_context
 from vmdirac.core.agent import Agent, AgentOptions
 from vmdirac.core.exceptions import VMDiracError
 from vmdirac.db.task_queue_db import TaskQueueDB
@@ -113,6 +113,7 @@ class VirtualMachineScheduler(Agent):
 
     def execute(self) -> None:
         snap = self.context.config.current
+        self.vmdb.sync_pods(vmconfig.pods(snap), vmconfig.endpoints(snap))
         demands, capacity, pods, endpoints = self.gather(snap)
         boots = decide(demands, capacity)
         booted = failed = 0
@@ -130,10 +131,11 @@ class VirtualMachineScheduler(Agent):
 
     def boot(self, boot: Boot, pod: vmconfig.Pod, endpoint: vmconfig.Endpoint, snap) -> bool:
         image = endpoint.image(pod.options.Image)
-        instance_id, name = self.vmdb.new_instance(pod.name, pod.options.Image, endpoint.name, endpoint.site)
+        instance_id, name = self.vmdb.new_instance(pod.name, pod.options.Image, endpoint.name, endpoint.site,
+                                                   vo=pod.vo, cost_per_hour=image.CostPerHour)
         try:
             credential = issue_credential(self.context, instance_id, pod.options.PilotGroup, self.options.CredentialHours)
-            user_data = build_user_data(self.vm_context(instance_id, name, pod, endpoint, image, credential, snap))
+            user_data = boot_user_data(self.vm_context(instance_id, name, pod, endpoint, credential, snap), image.Context)
             node = self.driver(endpoint).boot(BootRequest(
                 name, image, user_data, {DEPLOYMENT_TAG: self.vmdb.deployment_id(), INSTANCE_TAG: name}))
         except (DriverError, VMDiracError, OSError) as e:
@@ -146,11 +148,25 @@ class VirtualMachineScheduler(Agent):
                 self.log.error("instance %d not booted: %s", instance_id, reason)
             return False
         self.backoff.succeeded(endpoint.name)
-        self.vmdb.set_submitted(instance_id, node.vm_id, list(node.public_ips), list(node.private_ips))
+        status = self.vmdb.set_submitted(instance_id, node.vm_id, list(node.public_ips), list(node.private_ips))
+        if status == I.HALTED:  # an operator stopped it while it booted
+            self.driver(endpoint).terminate(node.vm_id)
         self.log.info("instance %d (%s) of pod %s submitted to %s as %s", instance_id, name, pod.name,
                       endpoint.name, node.vm_id)
         return True
 
     def vm_context(self, instance_id: int, name: str, pod: vmconfig.Pod, endpoint: vmconfig.Endpoint,
-                   image: vmconfig.ImageOptions, credential: bytes, snap) -> VMContext:
-        raise NotImplementedError  # filled once the contexts package lands
+                   credential: bytes, snap) -> VMContext:
+        urls = {f"{system}/{service}": ([u] if isinstance(u, str) else list(u))
+                for system, section in (snap.get("Systems") or {}).items()
+                for service, u in ((section or {}).get("URLs") or {}).items()}
+        python = sys.executable if endpoint.options.Type == "local" else ""
+        return make_context(instance_id, name, pod, endpoint, urls, credential, self.ca_pem(), python=python,
+                            pilot_options=dict(pod.options.PilotOptions),
+                            monitor_options=dict(pod.options.MonitorOptions))
+
+    def ca_pem(self) -> bytes:
+        """The CA certificates the VM must trust to talk to us."""
+        location = Path(self.context.local.CACertificates or self.context.paths.ca_dir)
+        files = sorted(p for p in location.iterdir() if p.suffix in (".pem", ".crt", ".0")) if location.is_dir() else [location]
+        return b"".join(f.read_bytes() for f in files)

@@ -90,8 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     registry = local.setdefault("Registry", {})
     registry.setdefault("Users", {})[args.user] = {"DN": user_dn, "Groups": groups}
     registry.setdefault("Hosts", {})[fqdn] = {
-        "DN": host_dn, "Properties": ["TrustedHost", "GenericPilot", "CSAdministrator", "ProxyManagement",
-                                      "JobAdministrator", "Operator"]}
+        "DN": host_dn, "Properties": ["TrustedHost", "GenericPilot", "VmRpcOperation", "CSAdministrator",
+                                      "ProxyManagement", "JobAdministrator", "Operator"]}
     paths.local_config.parent.mkdir(parents=True, exist_ok=True)
     paths.local_config.write_text("# Written by dirac-cert-init: the local user and host.\n"
                                   + yaml.safe_dump(local, sort_keys=False))

@@ -15,11 +15,16 @@ Draining is the one way to stop: ``drain()`` (what the VM Monitor calls), the st
 (``StopFile``), SIGTERM in ``dirac-pilot``, ``MaxEmptyMatches`` consecutive empty answers, or the
 time limit. A draining pilot asks for nothing more, lets its running jobs end, then ``run()``
 returns. ``abort()`` also kills the payloads (their jobs end ``Failed``).
+
+The agent keeps ``<WorkDir>/.pilot-status.json`` up to date (slots, running job ids, draining,
+ended) whenever that changes: the VM Monitor counts the VM's running jobs from it.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import random
 import threading
 import time
@@ -37,6 +42,7 @@ from vmdirac.wms.job_status import JobStatus as S
 log = logging.getLogger(__name__)
 
 NOT_ENOUGH_TIME = "Pilot has not enough time left for the job"
+STATUS_FILE = ".pilot-status.json"     # hidden: the work dir holds job directories
 MAX_BACKOFF = 60.0
 
 
@@ -71,6 +77,7 @@ class JobAgent:
         self.wrapper = wrapper
         self.matcher = connection.client("WorkloadManagement/Matcher", connect_timeout=10, timeout=120)
         self._lock = threading.Lock()
+        self._status_lock = threading.Lock()
         self._wake = threading.Event()
         self._draining = threading.Event()
         self._abort = threading.Event()
@@ -95,6 +102,7 @@ class JobAgent:
                 self._draining.set()
         if first:
             log.info("draining: %s; %d job(s) running", reason, len(self.running))
+            self._write_status()
         self._wake.set()
 
     def abort(self, reason: str = "aborted") -> None:
@@ -121,6 +129,7 @@ class JobAgent:
     def run(self) -> int:
         opts = self.opts
         Path(opts.WorkDir).mkdir(parents=True, exist_ok=True)
+        self._write_status()
         asking = (f"long polls of {opts.MatchWait:g} s" if opts.MatchWait
                   else f"polling every {opts.PollingInterval:g} s")
         log.info("pilot %s started: %d slot(s), site %r, platform %s, tags %s, %d MB, time limit %s, %s, "
@@ -176,6 +185,7 @@ class JobAgent:
             self._start(job, free, time_left)
         for thread in self._threads:
             thread.join()
+        self._write_status(ended=True)
         log.info("pilot %s stopped (%s): %d job(s) run%s", opts.PilotReference, self.drain_reason,
                  sum(self.ended.values()), "".join(f", {k}: {v}" for k, v in sorted(self.ended.items())))
         return self.exit_code
@@ -223,6 +233,7 @@ class JobAgent:
             self.running[job_id] = cores
         log.info("job %d matched (owner %s, %d core(s), CPUTime %d s); %d of %d slot(s) in use", job_id,
                  matched.owner or "?", cores, cpu_time, self.used, self.opts.Slots)
+        self._write_status()
         wrapper = self.wrapper(matched, self.opts, self.connection, self._abort)
         thread = threading.Thread(target=self._run_job, args=(wrapper, job_id), name=f"job-{job_id}")
         self._threads = [t for t in self._threads if t.is_alive()] + [thread]
@@ -237,7 +248,23 @@ class JobAgent:
         with self._lock:
             self.ended[outcome.status] += 1
             self.used -= self.running.pop(job_id, 0)
+        self._write_status()
         self._wake.set()
+
+    def _write_status(self, ended: bool = False) -> None:
+        """``<WorkDir>/.pilot-status.json``, replaced atomically: what the VM Monitor reads."""
+        with self._lock:
+            status = {"PilotReference": self.opts.PilotReference, "Pid": os.getpid(), "Slots": self.opts.Slots,
+                      "UsedSlots": self.used, "RunningJobs": sorted(self.running), "Draining": self.draining,
+                      "Ended": ended, "JobsRun": sum(self.ended.values()), "Time": time.time()}
+        path = Path(self.opts.WorkDir) / STATUS_FILE
+        with self._status_lock:
+            try:
+                tmp = path.with_name(STATUS_FILE + ".tmp")
+                tmp.write_text(json.dumps(status) + "\n")
+                os.replace(tmp, path)
+            except OSError as e:
+                log.warning("cannot write %s: %s", path, e)
 
     def _refuse(self, job_id: int) -> None:
         try:

@@ -82,6 +82,8 @@ class PodOptions:
     LoadAverageTimespan: float = 60.0
     MaxLifetime: float = 0.0             # seconds; 0 = unlimited
     JobSlots: int = 0                    # pilot slots; 0 = the image's cores
+    PilotOptions: dict = field(default_factory=dict)    # extra options of the pilot in the VMs
+    MonitorOptions: dict = field(default_factory=dict)  # extra options of the VM Monitor
     Enabled: bool = True
 
 
