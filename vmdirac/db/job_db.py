@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import (
-    Column, Index, Integer, MetaData, PrimaryKeyConstraint, String, Table, Text, and_, delete, func,
+    Column, Index, Integer, MetaData, bindparam, PrimaryKeyConstraint, String, Table, Text, and_, delete, func,
     insert, select, update,
 )
 from sqlalchemy.dialects import mysql
@@ -90,6 +90,19 @@ job_id_counter = Table(
     Column("Name", String(16), primary_key=True),
     Column("NextID", Integer, nullable=False),
 )
+
+# The Matcher's statements, built once (see JobDB.mark_matched).
+_MATCHED_VALUES = {"Status": "Matched", "MinorStatus": "Assigned", "ApplicationStatus": "Unknown",
+                   "LastUpdateTime": bindparam("now"), "MatchedBy": bindparam("matched_by"),
+                   "PilotReference": bindparam("pilot")}
+_MATCHED = (update(jobs).where(and_(jobs.c.JobID == bindparam("job"), jobs.c.Status == "Waiting"))
+            .values(**_MATCHED_VALUES))
+_MATCHED_WITH_SITE = (update(jobs).where(and_(jobs.c.JobID == bindparam("job"), jobs.c.Status == "Waiting"))
+                      .values(**_MATCHED_VALUES, Site=bindparam("site")))
+_MATCHED_LOG = insert(logging_info).values(JobID=bindparam("job"), Status="Matched", MinorStatus="Assigned",
+                                           ApplicationStatus="Unknown", StatusTime=bindparam("now"), Source="Matcher")
+_MATCHED_JOB = (select(jobs.c.Owner, jobs.c.OwnerDN, jobs.c.OwnerGroup, jobs.c.VO, job_jdls.c.JDL)
+                .join_from(jobs, job_jdls, job_jdls.c.JobID == jobs.c.JobID).where(jobs.c.JobID == bindparam("job")))
 
 # Attributes a caller may select, filter and sort on.
 ATTRIBUTES = tuple(c.name for c in jobs.columns)
@@ -276,6 +289,21 @@ class JobDB(BaseDB):
                            values.get("ApplicationStatus", cur_app), source, now)
         conn.execute(insert(logging_info).values(**record.row()))
         return {"Status": new_status, "MinorStatus": record.minor_status, "ApplicationStatus": record.application_status}
+
+    def mark_matched(self, conn: Connection, job_id: int, values: dict[str, Any]) -> dict:
+        """``Waiting -> Matched / Assigned`` (the Matcher's hot path, inside its transaction): one
+        guarded UPDATE, the logging record, and what the pilot needs (owner and JDL)."""
+        now = utcnow()
+        stmt = _MATCHED_WITH_SITE if "Site" in values else _MATCHED
+        params = {"job": job_id, "now": now, "matched_by": values["MatchedBy"],
+                  "pilot": values["PilotReference"], "site": values.get("Site", "")}
+        if conn.execute(stmt, params).rowcount != 1:
+            from vmdirac.core.exceptions import IllegalTransition
+            raise IllegalTransition(f"job {job_id} is no longer Waiting", job_id=job_id)
+        conn.execute(_MATCHED_LOG, {"job": job_id, "now": now})
+        row = conn.execute(_MATCHED_JOB, {"job": job_id}).one()
+        return {"JobID": job_id, "JDL": row.JDL, "Owner": row.Owner, "OwnerDN": row.OwnerDN,
+                "OwnerGroup": row.OwnerGroup, "VO": row.VO}
 
     @transaction
     def set_attributes(self, conn: Connection, job_id: int, values: dict[str, Any]) -> None:

@@ -10,11 +10,13 @@ over jobs instead of queueing on one.
 
 from __future__ import annotations
 
+import functools
 import random
+import time
 from dataclasses import dataclass
 
 from sqlalchemy import (
-    Boolean, Column, Float, ForeignKey, Index, Integer, MetaData, String, Table, and_, delete, exists,
+    Boolean, Column, Float, bindparam, ForeignKey, Index, Integer, MetaData, String, Table, and_, delete, exists,
     func, insert, not_, or_, select, update,
 )
 from sqlalchemy.engine import Connection
@@ -66,6 +68,76 @@ _MULTI = {"sites": sites, "banned_sites": banned_sites, "platforms": platforms, 
           "tags": tags}
 
 
+CANDIDATE_TTL = 1.0  # seconds a resource description's candidate queues are reused
+
+# The pick and the claim, built once: a match runs them on every request.
+_PICK = (select(tq_jobs.c.JobID).where(tq_jobs.c.TQId == bindparam("tq"))
+         .order_by(tq_jobs.c.Priority.desc(), tq_jobs.c.JobID).limit(1))
+_PICK_SKIP_LOCKED = _PICK.with_for_update(skip_locked=True)
+_CLAIM = delete(tq_jobs).where(tq_jobs.c.JobID == bindparam("job"))
+
+
+def _shape(res: ResourceDescription) -> tuple:
+    """Which parts of the matching rule apply: statements are built once per shape."""
+    return (bool(res.cpu_time), bool(res.vo), bool(res.owner), bool(res.owner_group), bool(res.site),
+            bool(res.job_types), len(res.required_tags))
+
+
+def _cache_key(res: ResourceDescription) -> tuple:
+    return (res.cpu_time, res.vo, res.owner, res.owner_group, res.site, res.platform, res.job_types,
+            res.tags, res.cores, res.max_ram_mb, res.required_tags)
+
+
+def _params(res: ResourceDescription, shape: tuple) -> dict:
+    params = {"cpu": res.cpu_time, "vo": res.vo, "owner": res.owner, "group": res.owner_group,
+              "site": res.site, "platform": res.platform, "job_types": list(res.job_types),
+              "tags": sorted(res.all_tags()) or [""]}
+    params.update({f"req{i}": tag for i, tag in enumerate(res.required_tags)})
+    return params
+
+
+@functools.lru_cache(maxsize=256)
+def _matching_clause(shape: tuple):
+    """DIRAC's matching rule as SQL, with bind parameters (see ``_params``)."""
+    has_cpu, has_vo, has_owner, has_group, has_site, has_job_types, n_required = shape
+    tq = task_queues.c
+    parts = [tq.Enabled.is_(True), exists().where(tq_jobs.c.TQId == tq.TQId)]
+    if has_cpu:
+        parts.append(tq.CPUTime <= bindparam("cpu"))
+    if has_vo:
+        parts.append(tq.VO == bindparam("vo"))
+    if has_owner:
+        parts.append(tq.Owner == bindparam("owner"))
+    if has_group:
+        parts.append(tq.OwnerGroup == bindparam("group"))
+
+    def has_any(table) -> object:
+        return exists().where(table.c.TQId == tq.TQId)
+
+    def has(table, param: str) -> object:
+        return exists().where(and_(table.c.TQId == tq.TQId, table.c.Value == bindparam(param)))
+
+    parts.append(or_(not_(has_any(sites)), has(sites, "site")))
+    if has_site:
+        parts.append(not_(has(banned_sites, "site")))
+    parts.append(or_(not_(has_any(platforms)), has(platforms, "platform")))
+    if has_job_types:
+        parts.append(or_(not_(has_any(job_types)), exists().where(
+            and_(job_types.c.TQId == tq.TQId, job_types.c.Value.in_(bindparam("job_types", expanding=True))))))
+    # Every tag the queue needs, the resource has ...
+    parts.append(not_(exists().where(and_(tags.c.TQId == tq.TQId,
+                                          tags.c.Value.not_in(bindparam("tags", expanding=True))))))
+    # ... and every tag the resource requires, the queue has.
+    for i in range(n_required):
+        parts.append(has(tags, f"req{i}"))
+    return and_(*parts)
+
+
+@functools.lru_cache(maxsize=256)
+def _candidates_statement(shape: tuple):
+    return select(task_queues.c.TQId, task_queues.c.Priority).where(_matching_clause(shape))
+
+
 @dataclass(frozen=True)
 class Claim:
     job_id: int
@@ -74,6 +146,10 @@ class Claim:
 
 class TaskQueueDB(BaseDB):
     metadata = metadata
+
+    def __init__(self, engine) -> None:
+        super().__init__(engine)
+        self._cache: dict[tuple, tuple[float, list[list]]] = {}
 
     @transaction
     def _find_or_create(self, conn: Connection, req: JobRequirements) -> int:
@@ -128,47 +204,48 @@ class TaskQueueDB(BaseDB):
     # ------------------------------------------------------------ matching
 
     def _matching_clause(self, res: ResourceDescription):
-        tq = task_queues.c
-        parts = [tq.Enabled.is_(True), exists().where(tq_jobs.c.TQId == tq.TQId)]
-        if res.cpu_time:
-            parts.append(tq.CPUTime <= res.cpu_time)
-        if res.vo:
-            parts.append(tq.VO == res.vo)
-        if res.owner:
-            parts.append(tq.Owner == res.owner)
-        if res.owner_group:
-            parts.append(tq.OwnerGroup == res.owner_group)
+        return _matching_clause(_shape(res))
 
-        def has_any(table) -> object:
-            return exists().where(table.c.TQId == tq.TQId)
+    def _candidates(self, conn: Connection, res: ResourceDescription, fresh: bool = False) -> list[list]:
+        """``[tq_id, priority]`` of the queues ``res`` could take a job from.
 
-        def has(table, value) -> object:
-            return exists().where(and_(table.c.TQId == tq.TQId, table.c.Value == value))
+        Kept for ``CANDIDATE_TTL`` seconds per resource description: a pilot's next request
+        skips the matching query. It is only a hint (a queue emptied meanwhile is dropped when
+        its pick finds nothing), never what decides a claim, so processes need not share it.
+        """
+        key = _cache_key(res)
+        now = time.monotonic()
+        hit = None if fresh else self._cache.get(key)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        shape = _shape(res)
+        rows = conn.execute(_candidates_statement(shape), _params(res, shape)).all()
+        found = [[r[0], r[1]] for r in rows]
+        if len(self._cache) > 10000:
+            self._cache.clear()
+        self._cache[key] = (now + CANDIDATE_TTL, found)
+        return found
 
-        parts.append(or_(not_(has_any(sites)), has(sites, res.site)))
-        if res.site:
-            parts.append(not_(has(banned_sites, res.site)))
-        parts.append(or_(not_(has_any(platforms)), has(platforms, res.platform)))
-        if res.job_types:
-            parts.append(or_(not_(has_any(job_types)), exists().where(
-                and_(job_types.c.TQId == tq.TQId, job_types.c.Value.in_(list(res.job_types))))))
-        # Every tag the queue needs, the resource has ...
-        parts.append(not_(exists().where(and_(tags.c.TQId == tq.TQId,
-                                              tags.c.Value.not_in(sorted(res.all_tags()) or [""])))))
-        # ... and every tag the resource requires, the queue has.
-        for required in res.required_tags:
-            parts.append(has(tags, required))
-        return and_(*parts)
+    def _forget(self, res: ResourceDescription, tq_id: int) -> None:
+        key = _cache_key(res)
+        hit = self._cache.get(key)
+        if hit is not None:
+            self._cache[key] = (hit[0], [c for c in hit[1] if c[0] != tq_id])
+
+    def clear_cache(self) -> None:
+        """New work arrived: the next requests look again."""
+        self._cache = {}
 
     @transaction(write=False)
     def matching_queues(self, conn: Connection, res: ResourceDescription) -> dict[int, dict]:
         """The queues this resource could run, with their requirements and waiting job counts."""
         tq = task_queues.c
         counts = (select(tq_jobs.c.TQId, func.count().label("Jobs")).group_by(tq_jobs.c.TQId).subquery())
+        shape = _shape(res)
         rows = conn.execute(
             select(tq.TQId, tq.Owner, tq.OwnerGroup, tq.VO, tq.CPUTime, tq.Priority, counts.c.Jobs)
             .join_from(task_queues, counts, counts.c.TQId == tq.TQId)
-            .where(self._matching_clause(res))).all()
+            .where(_matching_clause(shape)), _params(res, shape)).all()
         out = {r[0]: {"Owner": r[1], "OwnerGroup": r[2], "VO": r[3], "CPUTime": r[4], "Priority": r[5],
                       "Jobs": r[6]} for r in rows}
         if out:
@@ -182,31 +259,30 @@ class TaskQueueDB(BaseDB):
                     out[tq_id][key].append(value)
         return out
 
-    def claim(self, conn: Connection, res: ResourceDescription, attempts: int = 5) -> Claim | None:
+    def claim(self, conn: Connection, res: ResourceDescription, attempts: int = 8) -> Claim | None:
         """Take one job for this resource inside the caller's transaction, or None.
 
-        A queue is drawn at random weighted by priority (DIRAC's rule), then its best job.
+        A queue is drawn at random weighted by priority (DIRAC's rule), then its best job; the
+        ``DELETE`` of that job's row is the claim (on MySQL the row was read ``FOR UPDATE SKIP
+        LOCKED``, so concurrent pilots take different jobs instead of queueing on one).
         """
-        tq = task_queues.c
-        candidates = conn.execute(select(tq.TQId, tq.Priority).where(self._matching_clause(res))).all()
-        if not candidates:
-            return None
-        skip_locked = self.engine.dialect.name == "mysql"
+        pick = _PICK_SKIP_LOCKED if self.engine.dialect.name == "mysql" else _PICK
+        candidates = list(self._candidates(conn, res))  # our copy: the cached list is shared
+        refreshed = False
         for _ in range(attempts):
             if not candidates:
-                return None
-            weights = [max(p, 1e-6) for _, p in candidates]
-            idx = random.choices(range(len(candidates)), weights)[0]
+                if refreshed:
+                    return None
+                candidates, refreshed = self._candidates(conn, res, fresh=True), True
+                continue
+            idx = random.choices(range(len(candidates)), [max(p, 1e-6) for _, p in candidates])[0]
             tq_id = candidates[idx][0]
-            q = (select(tq_jobs.c.JobID).where(tq_jobs.c.TQId == tq_id)
-                 .order_by(tq_jobs.c.Priority.desc(), tq_jobs.c.JobID).limit(1))
-            if skip_locked:
-                q = q.with_for_update(skip_locked=True)
-            job_id = conn.execute(q).scalar()
+            job_id = conn.execute(pick, {"tq": tq_id}).scalar()
             if job_id is None:
                 candidates.pop(idx)  # emptied (or all its jobs being claimed) meanwhile
+                self._forget(res, tq_id)
                 continue
-            if conn.execute(delete(tq_jobs).where(tq_jobs.c.JobID == job_id)).rowcount == 1:
+            if conn.execute(_CLAIM, {"job": job_id}).rowcount == 1:
                 return Claim(job_id, tq_id)
         return None
 

@@ -110,7 +110,8 @@ class JobStore:
         prepared = self.prepare(caller, jdl_texts, limits)
         if not prepared:
             raise InvalidJDL("nothing to submit")
-        queues = {p.requirements.key: self.tqdb.queue_for(p.requirements) for p, _ in prepared}
+        distinct = {p.requirements.key: p.requirements for p, _ in prepared}
+        queues = {key: self.tqdb.queue_for(req) for key, req in distinct.items()}
         first = self.jobdb.reserve_ids(len(prepared))
         now = utcnow()
         new, records, tq_entries, links = [], [], [], []

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from sqlalchemy.engine import Connection
 
@@ -17,7 +18,6 @@ from vmdirac.core.exceptions import InvalidArgument
 from vmdirac.core.export import Caller, export
 from vmdirac.logic.job_access import pilot_identity
 from vmdirac.services.wms_base import NEW_JOBS, WMSService
-from vmdirac.wms.job_status import JobStatus as S, MinorStatus as M
 from vmdirac.wms.matching import ResourceDescription
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,13 @@ def restrict(caller: Caller, res: ResourceDescription) -> ResourceDescription:
 class MatcherService(WMSService):
     name = "Matcher"
 
+    def initialize(self) -> None:
+        super().initialize()
+        # Matches block on the DB: a pool of their own, as large as the server's, rather than
+        # asyncio's small default one (min(32, CPUs + 4)).
+        self.executor = ThreadPoolExecutor(max_workers=self.context.local.MaxWorkers, thread_name_prefix="matcher")
+        self.context.notifier.subscribe(NEW_JOBS, self.store.tqdb.clear_cache)
+
     @export(properties=PILOTS)
     async def requestJob(self, caller: Caller, resourceDescription: dict, waitSeconds: float = 0) -> dict | None:
         """One job for this resource, now ``Matched / Assigned``; ``None`` when nothing fits.
@@ -55,7 +62,8 @@ class MatcherService(WMSService):
         res = restrict(caller, ResourceDescription.from_wire(resourceDescription))
         deadline = time.monotonic() + waitSeconds
         while True:
-            got = await asyncio.to_thread(self.store.jobdb.run, lambda conn: self._match(conn, caller, res))
+            got = await asyncio.get_running_loop().run_in_executor(
+                self.executor, self.store.jobdb.run, lambda conn: self._match(conn, caller, res))
             left = deadline - time.monotonic()
             if got is not None or left <= 0 or self.context.stopping:
                 return got
@@ -70,15 +78,12 @@ class MatcherService(WMSService):
                  "PilotReference": (res.pilot_reference or res.instance_id)[:255]}
         if res.site:
             attrs["Site"] = res.site[:128]
-        db.set_status(claim.job_id, S.MATCHED, M.ASSIGNED, application="Unknown", source="Matcher",
-                      attributes=attrs, expect=(S.WAITING,), conn=conn)
+        match = db.mark_matched(conn, claim.job_id, attrs)
         params = {k: v for k, v in (("Endpoint", res.endpoint), ("Image", res.image),
                                     ("InstanceID", res.instance_id)) if v}
         if params:
             db.set_parameters(claim.job_id, params, conn=conn)
-        job = db.attributes([claim.job_id], ["Owner", "OwnerDN", "OwnerGroup", "VO"], conn=conn)[claim.job_id]
-        return {"JobID": claim.job_id, "JDL": db.jdl(claim.job_id, conn=conn), "Owner": job["Owner"],
-                "OwnerDN": job["OwnerDN"], "OwnerGroup": job["OwnerGroup"], "VO": job["VO"], "TQId": claim.tq_id}
+        return {**match, "TQId": claim.tq_id}
 
     @export(properties=(*PILOTS, "JobAdministrator", "Operator"))
     def getMatchingTaskQueues(self, caller: Caller, resourceDescription: dict) -> dict:

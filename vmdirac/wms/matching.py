@@ -6,6 +6,7 @@ tests and the VM scheduler use to reason without a database.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -65,7 +66,7 @@ class JobRequirements:
                    _clean(platforms), _clean([job_type] if job_type else []),
                    _clean(list(_clean(tags)) + processor_tags(cores) + ram_tag(max_ram_mb)))
 
-    @property
+    @functools.cached_property
     def key(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()
 
