@@ -23,9 +23,9 @@ from vmdirac.drivers.base import DEPLOYMENT_TAG, INSTANCE_TAG, BootRequest, Driv
 from vmdirac.logic.vm_credentials import issue_credential
 from vmdirac.services.wms_base import NEW_JOBS
 from vmdirac.vm import config as vmconfig
+from vmdirac.vm.config import pod_resource
 from vmdirac.vm.allocation import Backoff, Boot, EndpointCapacity, PodDemand, decide
 from vmdirac.vm.instance_status import ALIVE, BOOTING, InstanceStatus as I
-from vmdirac.wms.matching import ResourceDescription
 
 log = logging.getLogger(__name__)
 
@@ -36,16 +36,6 @@ class VMSchedulerOptions(AgentOptions):
     BackoffSeconds: float = 60.0
     MaxBackoffSeconds: float = 3600.0
     CredentialHours: float = 24.0
-
-
-def pod_resource(pod: vmconfig.Pod, endpoint: vmconfig.Endpoint) -> ResourceDescription:
-    """What a VM of this pod on this endpoint offers to the Matcher."""
-    image = endpoint.image(pod.options.Image)
-    slots = pod.options.JobSlots or image.Cores
-    return ResourceDescription(site=endpoint.site, endpoint=endpoint.name, image=pod.options.Image,
-                               platform=image.Platform, tags=tuple(image.Tags) + tuple(pod.options.Tags),
-                               required_tags=tuple(pod.options.RequiredTags), cores=slots,
-                               max_ram_mb=image.RAM, vo=pod.vo)
 
 
 def state_dir(context, endpoint: str) -> Path:

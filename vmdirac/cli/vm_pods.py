@@ -23,7 +23,7 @@ def waiting_jobs(matcher: Any, pod: vmconfig.Pod, endpoints: dict[str, vmconfig.
     """Jobs waiting in task queues that the pod's VMs could run, as the scheduler counts them
     (its ``pod_resource``); None when that helper is not available."""
     try:
-        from vmdirac.agents.vm_scheduler import pod_resource
+        from vmdirac.vm.config import pod_resource
     except ImportError:
         return None
     queues: dict[str, dict] = {}

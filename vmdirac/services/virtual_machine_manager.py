@@ -234,7 +234,7 @@ class VirtualMachineManagerService(Service):
             sort.append((item[0], item[1]))
         flt = self.selection(caller, selectDict)
         total, rows = self.db.select(flt, sort, startItem, maxItems)
-        records = [[r.to_wire()[c] for c in WEB_COLUMNS] for r in rows]
+        records = [[wire[c] for c in WEB_COLUMNS] for wire in (r.to_wire() for r in rows)]
         extras = {k[0]: n for k, n in self.db.counts(("Status",), flt).items()}
         return {"ParameterNames": WEB_COLUMNS, "Records": records, "TotalRecords": total, "Extras": extras}
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from vmdirac.core.config import Snapshot, options
 from vmdirac.core.exceptions import ConfigurationError
+from vmdirac.wms.matching import ResourceDescription
 
 PODS_PATH = "Operations/Defaults/VirtualMachines/RunningPods"
 
@@ -120,3 +121,13 @@ def pods(snapshot: Snapshot) -> dict[str, Pod]:
             known[ep].image(opts.Image)
         out[name] = Pod(name, opts, snapshot.registry.groups[opts.PilotGroup].vo)
     return out
+
+
+def pod_resource(pod: Pod, endpoint: Endpoint) -> ResourceDescription:
+    """What a VM of this pod on this endpoint offers to the Matcher."""
+    image = endpoint.image(pod.options.Image)
+    slots = pod.options.JobSlots or image.Cores
+    return ResourceDescription(site=endpoint.site, endpoint=endpoint.name, image=pod.options.Image,
+                               platform=image.Platform, tags=tuple(image.Tags) + tuple(pod.options.Tags),
+                               required_tags=tuple(pod.options.RequiredTags), cores=slots,
+                               max_ram_mb=image.RAM, vo=pod.vo)
