@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vmdirac.contexts import VMContext, boot_user_data, make_context
+from vmdirac.contexts.ssh import SSHError, SSHTarget, SSHUnreachable, contextualize, probe
 from vmdirac.core.agent import Agent, AgentOptions
 from vmdirac.core.exceptions import VMDiracError
 from vmdirac.db.task_queue_db import TaskQueueDB
@@ -118,6 +119,56 @@ class VirtualMachineScheduler(Agent):
                 failed += 1
         if boots or failed:
             self.log.info("booted %d VM(s), %d failed; wanted %d", booted, failed, len(boots))
+        self.contextualize_over_ssh(pods, endpoints, snap)
+
+    def contextualize_over_ssh(self, pods: dict, endpoints: dict, snap) -> None:
+        """Plain images (Context ssh): Submitted -> Wait_ssh_context until SSH answers, then
+        Contextualizing while the files and the start script go over; the VM Monitor it starts
+        then declares the VM Running. Refused keys or failing scripts are the VM's Error."""
+        for inst in self.vmdb.instances(statuses=[I.SUBMITTED, I.WAIT_SSH_CONTEXT]):
+            pod, endpoint = pods.get(inst.pod), endpoints.get(inst.endpoint)
+            if pod is None or endpoint is None or self.stopping:
+                continue
+            image = endpoint.image(pod.options.Image)
+            if image.Context != "ssh":
+                continue
+            if inst.status == I.SUBMITTED:
+                self.vmdb.set_status(inst.instance_id, I.WAIT_SSH_CONTEXT, "waiting for SSH")
+            host = (inst.public_ip or inst.private_ip).split(",")[0].strip()
+            if not host:
+                continue
+            target = SSHTarget(host, user=image.SSHUser, port=image.SSHPort, key_file=image.SSHKeyFile,
+                               known_hosts=image.SSHKnownHosts)
+            try:
+                probe(target)
+            except SSHUnreachable:
+                continue  # not up yet; the reconciler stalls it if it never comes
+            except SSHError as e:
+                self._context_failed(inst, endpoint, e)
+                continue
+            self.vmdb.set_status(inst.instance_id, I.CONTEXTUALIZING, f"contextualizing over SSH at {host}")
+            try:
+                credential = issue_credential(self.context, inst.instance_id, pod.options.PilotGroup,
+                                              self.options.CredentialHours)
+                ctx = self.vm_context(inst.instance_id, inst.name, pod, endpoint, credential, snap)
+                root = image.SSHRemoteRoot.format(vm_id=inst.endpoint_vm_id,
+                                                  state_dir=state_dir(self.context, endpoint.name))
+                result = contextualize(target, ctx, root)
+            except (SSHError, VMDiracError, OSError) as e:
+                self._context_failed(inst, endpoint, e)
+                continue
+            self.log.info("instance %d contextualized over SSH at %s in %.1f s", inst.instance_id, host,
+                          result.seconds)
+
+    def _context_failed(self, inst, endpoint: vmconfig.Endpoint, err: Exception) -> None:
+        reason = getattr(err, "message", None) or str(err)
+        self.vmdb.set_error(inst.instance_id, f"SSH contextualization: {reason}")
+        self.log.warning("instance %d: SSH contextualization failed: %s", inst.instance_id, reason)
+        if inst.endpoint_vm_id:
+            try:
+                self.driver(endpoint).terminate(inst.endpoint_vm_id)
+            except (DriverError, OSError) as e:
+                self.log.warning("instance %d not terminated (the reconciler will): %s", inst.instance_id, e)
 
     def boot(self, boot: Boot, pod: vmconfig.Pod, endpoint: vmconfig.Endpoint, snap) -> bool:
         image = endpoint.image(pod.options.Image)
@@ -150,7 +201,8 @@ class VirtualMachineScheduler(Agent):
         urls = {f"{system}/{service}": ([u] if isinstance(u, str) else list(u))
                 for system, section in (snap.get("Systems") or {}).items()
                 for service, u in ((section or {}).get("URLs") or {}).items()}
-        python = sys.executable if endpoint.options.Type == "local" else ""
+        image = endpoint.image(pod.options.Image)
+        python = image.Python or (sys.executable if endpoint.options.Type == "local" else "")
         return make_context(instance_id, name, pod, endpoint, urls, credential, self.ca_pem(), python=python,
                             pilot_options=dict(pod.options.PilotOptions),
                             monitor_options=dict(pod.options.MonitorOptions))

@@ -30,6 +30,13 @@ class ImageOptions:
     Tags: tuple[str, ...] = ()
     CostPerHour: float = 0.0
     Context: str = "cloudinit"   # cloudinit | ssh | adhoc
+    Python: str = ""             # the image's interpreter for the VM Monitor ("" = dirac-vm-monitor on PATH)
+    # Context ssh: how the scheduler logs in to contextualize a plain image.
+    SSHUser: str = "root"
+    SSHPort: int = 22
+    SSHKeyFile: str = ""
+    SSHKnownHosts: str = ""      # pin host keys here; "" = not checked (a new VM's key is unknown)
+    SSHRemoteRoot: str = ""      # install under this directory ({vm_id} and {state_dir} expand)
 
 
 @dataclass(frozen=True)
