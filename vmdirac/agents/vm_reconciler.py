@@ -11,7 +11,7 @@ whole stalling interval: its jobs are the StalledJobAgent's).
 
 from __future__ import annotations
 
-import datetime as dt
+import dataclasses
 from dataclasses import dataclass
 
 from vmdirac.agents.vm_scheduler import state_dir
@@ -19,7 +19,7 @@ from vmdirac.core.agent import Agent, AgentOptions
 from vmdirac.core.db import utcnow
 from vmdirac.core.exceptions import VMDiracError
 from vmdirac.db.virtual_machine_db import VirtualMachineDB
-from vmdirac.drivers.base import Driver, DriverError, make_driver
+from vmdirac.drivers.base import INSTANCE_TAG, Driver, DriverError, make_driver
 from vmdirac.vm import config as vmconfig
 from vmdirac.vm.reconcile import Known, decide
 
@@ -63,6 +63,8 @@ class VirtualMachineReconciler(Agent):
                 nodes[name] = self.driver(endpoint).list_nodes()
             except (DriverError, VMDiracError, OSError) as e:
                 self.log.warning("cannot list the VMs of %s: %s", name, e)
+        tagged = {(ep, n.tags.get(INSTANCE_TAG)): n.vm_id for ep, ns in nodes.items() for n in ns}
+        known = [k if k.vm_id else dataclasses.replace(k, vm_id=tagged.get((k.endpoint, k.name), "")) for k in known]
         actions = decide(known, nodes, utcnow(), opts.StallingInterval, opts.BootGrace,
                          {n: p.options.MaxLifetime for n, p in pods.items()})
         by_id = {k.instance_id: k for k in known}

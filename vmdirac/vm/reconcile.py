@@ -52,8 +52,9 @@ def decide(known: list[Known], nodes: dict[str, list[Node]], now: dt.datetime, s
             a.stall.append(k.instance_id)
             continue
         listed = nodes.get(k.endpoint)
-        if listed is not None and k.vm_id:
-            node = next((n for n in listed if n.vm_id == k.vm_id), None)
+        if listed is not None:
+            # A VM whose id never reached the DB (the scheduler died after the boot) is found by its tag.
+            node = next((n for n in listed if (n.vm_id == k.vm_id if k.vm_id else n.tags.get(INSTANCE_TAG) == k.name)), None)
             if node is None or node.state in (NodeState.TERMINATED, NodeState.STOPPED):
                 a.close.append(k.instance_id)
                 continue
