@@ -19,7 +19,7 @@ from vmdirac.core.agent import Agent, AgentOptions
 from vmdirac.core.db import utcnow
 from vmdirac.core.exceptions import VMDiracError
 from vmdirac.db.virtual_machine_db import VirtualMachineDB
-from vmdirac.drivers.base import INSTANCE_TAG, Driver, DriverError, make_driver
+from vmdirac.drivers.base import INSTANCE_TAG, Driver, DriverError, DriverPool
 from vmdirac.vm import config as vmconfig
 from vmdirac.vm.reconcile import Known, decide
 
@@ -41,14 +41,14 @@ class VirtualMachineReconciler(Agent):
     def initialize(self) -> None:
         self.vmdb = VirtualMachineDB(self.context.engine)
         self.vmdb.create_tables()
-        self.drivers: dict[str, Driver] = {}
+        self.pool = DriverPool(self.vmdb.deployment_id, lambda name: state_dir(self.context, name))
 
     def driver(self, endpoint: vmconfig.Endpoint) -> Driver:
-        drv = self.drivers.get(endpoint.name)
-        if drv is None or drv.endpoint != endpoint:
-            drv = make_driver(endpoint, self.vmdb.deployment_id(), state_dir(self.context, endpoint.name))
-            self.drivers[endpoint.name] = drv
-        return drv
+        return self.pool.get(endpoint)
+
+    @property
+    def drivers(self) -> dict[str, Driver]:
+        return self.pool.drivers
 
     def execute(self) -> None:
         opts = self.options

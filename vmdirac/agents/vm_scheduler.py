@@ -20,7 +20,7 @@ from vmdirac.core.agent import Agent, AgentOptions
 from vmdirac.core.exceptions import VMDiracError
 from vmdirac.db.task_queue_db import TaskQueueDB
 from vmdirac.db.virtual_machine_db import VirtualMachineDB
-from vmdirac.drivers.base import DEPLOYMENT_TAG, INSTANCE_TAG, BootRequest, Driver, DriverError, make_driver
+from vmdirac.drivers.base import DEPLOYMENT_TAG, INSTANCE_TAG, BootRequest, Driver, DriverError, DriverPool
 from vmdirac.logic.vm_credentials import issue_credential
 from vmdirac.services.wms_base import NEW_JOBS
 from vmdirac.vm import config as vmconfig
@@ -55,15 +55,15 @@ class VirtualMachineScheduler(Agent):
         self.tqdb.create_tables()
         opts = self.options
         self.backoff = Backoff(opts.BackoffSeconds, opts.MaxBackoffSeconds)
-        self.drivers: dict[str, Driver] = {}
+        self.pool = DriverPool(self.vmdb.deployment_id, lambda name: state_dir(self.context, name))
         self.context.notifier.subscribe(NEW_JOBS, self.wake)
 
     def driver(self, endpoint: vmconfig.Endpoint) -> Driver:
-        drv = self.drivers.get(endpoint.name)
-        if drv is None or drv.endpoint != endpoint:
-            drv = make_driver(endpoint, self.vmdb.deployment_id(), state_dir(self.context, endpoint.name))
-            self.drivers[endpoint.name] = drv
-        return drv
+        return self.pool.get(endpoint)
+
+    @property
+    def drivers(self) -> dict[str, Driver]:
+        return self.pool.drivers
 
     # ------------------------------------------------------------ gather
 

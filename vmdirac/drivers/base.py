@@ -12,6 +12,7 @@ import importlib
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
+from typing import Callable
 
 from vmdirac.core.exceptions import ConfigurationError, NotFound, QuotaExceeded, VMDiracError
 from vmdirac.vm.config import Endpoint, ImageOptions
@@ -134,3 +135,20 @@ def make_driver(endpoint: Endpoint, deployment: str, state_dir: Path) -> Driver:
     except (ImportError, AttributeError) as e:
         raise ConfigurationError(f"endpoint {endpoint.name}: driver {spec} is not available ({e})") from e
     return cls(endpoint, deployment, state_dir)
+
+
+class DriverPool:
+    """One driver per endpoint, made when first needed and again when the endpoint's
+    configuration changed; ``drivers`` holds the ones made so far."""
+
+    def __init__(self, deployment: Callable[[], str], state_dir: Callable[[str], Path]) -> None:
+        self.deployment = deployment
+        self.state_dir = state_dir
+        self.drivers: dict[str, Driver] = {}
+
+    def get(self, endpoint: Endpoint) -> Driver:
+        drv = self.drivers.get(endpoint.name)
+        if drv is None or drv.endpoint != endpoint:
+            drv = make_driver(endpoint, self.deployment(), self.state_dir(endpoint.name))
+            self.drivers[endpoint.name] = drv
+        return drv

@@ -7,13 +7,13 @@ portal's calls work unchanged (dict keys are job ids as strings on the wire, as 
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Any
 
 from vmdirac.core.exceptions import InvalidArgument
 from vmdirac.core.export import Caller, export
 from vmdirac.db.job_db import ATTRIBUTES, FILTERABLE, JobFilter
 from vmdirac.logic.job_access import visible_filter
+from vmdirac.logic.selection import narrow, parse_selection
 from vmdirac.services.wms_base import WMSService, id_list
 
 READERS = ("NormalUser", "JobAdministrator", "Operator", "GenericPilot")
@@ -23,50 +23,13 @@ WEB_COLUMNS = ["JobID", "JobName", "JobGroup", "Owner", "OwnerGroup", "Site", "S
                "RescheduleCounter", "CPUTime", "NumberOfProcessors"]
 
 
-def _parse_time(value: Any, key: str) -> dt.datetime | None:
-    if value in (None, ""):
-        return None
-    if isinstance(value, dt.datetime):
-        return value
-    if isinstance(value, str):
-        for fmt in ("%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%d"):
-            try:
-                return dt.datetime.strptime(value, fmt).replace(tzinfo=dt.timezone.utc)
-            except ValueError:
-                continue
-    raise InvalidArgument(f"{key}: {value!r} is not a date (YYYY-MM-DD [HH:MM[:SS]])")
-
-
 def make_filter(caller: Caller, select: dict[str, Any]) -> JobFilter:
-    """DIRAC's selection dict (attribute -> value or list; FromDate/ToDate/LastUpdate) made safe."""
-    values: dict[str, tuple] = {}
-    since = until = None
+    """DIRAC's selection dict (attribute -> value or list; FromDate/ToDate/DateType) made safe."""
+    values, since, until, passed = parse_selection(select, FILTERABLE, "JobID", "jobs", ("DateType", "TimeAttribute"))
     time_column = "LastUpdateTime"
-    for key, value in select.items():
-        if key in ("FromDate", "ToDate"):
-            t = _parse_time(value, key)
-            since, until = (t, until) if key == "FromDate" else (since, t)
-            continue
-        if key in ("DateType", "TimeAttribute"):
-            time_column = {"SubmissionTime": "SubmissionTime", "LastUpdate": "LastUpdateTime"}.get(value, value)
-            continue
-        if key not in FILTERABLE:
-            raise InvalidArgument(f"cannot select jobs by {key}; use {', '.join(FILTERABLE)}, FromDate, ToDate")
-        items = value if isinstance(value, list) else [value]
-        if key == "JobID":
-            if not all(isinstance(v, int) or (isinstance(v, str) and v.isdigit()) for v in items):
-                raise InvalidArgument("JobID values must be integers")
-            items = [int(v) for v in items]
-        elif not all(isinstance(v, str) for v in items):
-            raise InvalidArgument(f"{key} values must be strings")
-        values[key] = tuple(items)
-    for key, allowed in visible_filter(caller).items():
-        if key in values:
-            narrowed = tuple(v for v in values[key] if v in allowed)
-            values[key] = narrowed or ("\x00none",)
-        else:
-            values[key] = allowed
-    return JobFilter(values, since, until, time_column)
+    for value in passed.values():
+        time_column = {"SubmissionTime": "SubmissionTime", "LastUpdate": "LastUpdateTime"}.get(value, value)
+    return JobFilter(narrow(values, visible_filter(caller)), since, until, time_column)
 
 
 class JobMonitoringService(WMSService):

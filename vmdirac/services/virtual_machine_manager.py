@@ -27,6 +27,7 @@ from typing import Any
 from vmdirac.core.exceptions import IllegalTransition, InvalidArgument, NotAuthorized, NotFound
 from vmdirac.core.export import Caller, Service, export
 from vmdirac.db.virtual_machine_db import ATTRIBUTES, FILTERABLE, GROUPABLE, Beat, InstanceFilter, VirtualMachineDB
+from vmdirac.logic.selection import narrow, parse_selection
 from vmdirac.logic.vm_credentials import credential_expiry, credential_hours, issue_credential
 from vmdirac.vm import config as vmconfig
 from vmdirac.vm.instance_status import InstanceStatus as I
@@ -64,20 +65,6 @@ def _non_negative(**figures: float) -> None:
             raise InvalidArgument(f"{name} must not be negative ({value})")
 
 
-def _parse_time(value: Any, key: str) -> dt.datetime | None:
-    if value in (None, ""):
-        return None
-    if isinstance(value, dt.datetime):
-        return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
-    if isinstance(value, str):
-        for fmt in ("%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%d"):
-            try:
-                return dt.datetime.strptime(value, fmt).replace(tzinfo=dt.timezone.utc)
-            except ValueError:
-                continue
-    raise InvalidArgument(f"{key}: {value!r} is not a date (YYYY-MM-DD [HH:MM[:SS]])")
-
-
 def visible_filter(caller: Caller, pod_vos: dict[str, str]) -> dict[str, tuple]:
     """The restriction on any selection of instances made for ``caller``: the pods of its own VO
     (``pod_vos``: pod -> VO, from the configuration), except for a host with an administrator
@@ -89,27 +76,8 @@ def visible_filter(caller: Caller, pod_vos: dict[str, str]) -> dict[str, tuple]:
 
 def make_filter(caller: Caller, select: dict[str, Any], pod_vos: dict[str, str]) -> InstanceFilter:
     """The portal's selection dict (attribute -> value or list; FromDate/ToDate on LastUpdate)."""
-    values: dict[str, tuple] = {}
-    since = until = None
-    for key, value in select.items():
-        if key in ("FromDate", "ToDate"):
-            t = _parse_time(value, key)
-            since, until = (t, until) if key == "FromDate" else (since, t)
-            continue
-        if key not in FILTERABLE:
-            raise InvalidArgument(f"cannot select instances by {key}; use {', '.join(FILTERABLE)}, FromDate, ToDate")
-        items = value if isinstance(value, list) else [value]
-        if key == "InstanceID":
-            if not all(isinstance(v, int) or (isinstance(v, str) and v.isdigit()) for v in items):
-                raise InvalidArgument("InstanceID values must be integers")
-            items = [int(v) for v in items]
-        elif not all(isinstance(v, str) for v in items):
-            raise InvalidArgument(f"{key} values must be strings")
-        values[key] = tuple(items)
-    for key, allowed in visible_filter(caller, pod_vos).items():
-        narrowed = tuple(v for v in values.get(key, allowed) if v in allowed)
-        values[key] = narrowed or ("\x00none",)
-    return InstanceFilter(values, since, until)
+    values, since, until, _ = parse_selection(select, FILTERABLE, "InstanceID", "instances")
+    return InstanceFilter(narrow(values, visible_filter(caller, pod_vos)), since, until)
 
 
 class HeartbeatQueue:
