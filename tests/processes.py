@@ -13,15 +13,8 @@ import yaml
 
 from tests.conftest import ROOT, command
 from vmdirac.core.client import ClientCredentials, RPCClient
+from tests.waiting import free_port
 
-
-def free_port() -> int:
-    """A port nothing listens on now (for servers whose URLs must be in their configuration)."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class ServerProcess:

@@ -33,6 +33,7 @@ from vmdirac.drivers.local import LocalDriver
 from vmdirac.drivers.local_vm import vm_cpu_seconds
 from vmdirac.vm.config import Endpoint, EndpointOptions, ImageOptions
 from vmdirac.wms.job_status import FINAL
+from tests.waiting import wait_for
 
 ELASTIC = MonitorOptions(HaltPeriod=600, MinWorkingLoad=0.01)
 NEVER = MonitorOptions(StopPolicy="Never", PilotRestartDelay=60)
@@ -183,16 +184,6 @@ class FakeVirtualMachineManager(Service):
 MANAGER_TREE = {"Systems": {"WorkloadManagement": {"Services": {"VirtualMachineManager": {
     "Module": "tests.agents.test_vm_monitor:FakeVirtualMachineManager"}}}}}
 
-
-def wait_for(check, timeout: float, what: str, log=lambda: ""):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}\n{log()}")
-        time.sleep(0.02)
 
 
 @dataclass

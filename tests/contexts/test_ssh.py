@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from tests.contexts.context_fixtures import realistic_context
+from tests.waiting import free_port, wait_for
 from vmdirac.contexts import CA_PATH, CONFIG_PATH, CREDENTIAL_PATH
 from vmdirac.contexts.ssh import (
     SSHAuthFailed, SSHCommandFailed, SSHTarget, SSHUnreachable, contextualize, probe, ssh,
@@ -36,21 +37,6 @@ def _missing() -> str:
 pytestmark = pytest.mark.skipif(bool(_missing()), reason=_missing() or "-")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(check, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
 
 
 def keygen(path: Path) -> Path:

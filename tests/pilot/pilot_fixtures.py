@@ -23,6 +23,7 @@ from tests.services.wms_fixtures import wms_tree
 from vmdirac.core.client import ClientCredentials
 from vmdirac.wms import jdl as J
 from vmdirac.wms.job_status import FINAL
+from tests.waiting import wait_for
 
 SERVICES = ("JobManager", "JobMonitoring", "JobStateUpdate", "Matcher", "SandboxStore")
 ACCEPTED = [("Received", "Job accepted", "Unknown", "JobManager"),
@@ -38,17 +39,6 @@ def job(**attrs: Any) -> str:
     """JDL text (written by our own writer, so quotes in Arguments are escaped properly)."""
     return J.dumps({"JobName": "pilot-test", **attrs})
 
-
-def wait_for(check: Callable[[], Any], timeout: float, what: str, log: Callable[[], str] = lambda: "") -> Any:
-    """Poll ``check`` until it returns something true, or fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}\n{log()}")
-        time.sleep(0.05)
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from tests.processes import ServerProcess, free_port
 from tests.services.wms_fixtures import jdl, wms_tree
 from vmdirac.core.config import deep_merge
 from vmdirac.drivers.local_vm import vm_processes
+from tests.waiting import wait_for
 
 SITE, ENDPOINT, POD = "LCG.Local.ch", "LCG.Local.ch/local", "cloud1"
 SERVICES = ["JobManager", "JobMonitoring", "JobStateUpdate", "Matcher", "SandboxStore", "VirtualMachineManager"]
@@ -44,15 +45,6 @@ def cloud_tree(port: int, **pod) -> dict:
     })
 
 
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-
 
 @pytest.mark.slow
 def test_jobs_make_local_vms_appear_run_and_go(pki, tmp_path):
@@ -75,7 +67,7 @@ def test_jobs_make_local_vms_appear_run_and_go(pki, tmp_path):
             most_alive = max(most_alive, alive["TotalRecords"])
             return monitoring.getJobStats("Status", {}) == {"Done": 20}
 
-        wait_for(all_done, 300, "20 jobs Done")
+        wait_for(all_done, 300, "20 jobs Done", interval=0.5)
         assert 1 <= most_alive <= 3                                           # the pod's cap
         assert {v["Site"] for v in monitoring.getJobsSites(ids).values()} == {SITE}
 
@@ -84,7 +76,7 @@ def test_jobs_make_local_vms_appear_run_and_go(pki, tmp_path):
             statuses = {r[page["ParameterNames"].index("Status")] for r in page["Records"]}
             return page if statuses == {"Halted"} else None
 
-        page = wait_for(all_halted, 90, "every VM Halted after the halting margin")
+        page = wait_for(all_halted, 90, "every VM Halted after the halting margin", interval=0.5)
         instance = page["Records"][0][page["ParameterNames"].index("InstanceID")]
         history = vmm.getInstanceHistory(instance)
         seen = [h["Status"] for h in history]
