@@ -17,6 +17,7 @@ from tests.processes import ServerProcess
 from tests.services.wms_fixtures import jdl, wms_tree
 from vmdirac.core.config import deep_merge
 from vmdirac.core.db import make_engine
+from vmdirac.db.endpoint_status_db import EndpointStatusDB
 from vmdirac.db.virtual_machine_db import VirtualMachineDB
 
 SERVICES = ("JobManager", "JobMonitoring", "Matcher", "VirtualMachineManager")
@@ -150,10 +151,28 @@ def test_pods_show_waiting_work_vms_and_caps(shell: Shell):
     header, *pods = lines[:blank]
     assert header == ["Pod", "VO", "Image", "Policy", "Waiting", "Booting", "Running", "Stopping", "Stalled", "Max",
                       "Boots/cycle"]
-    assert pods == [["el9", "vmdirac", "el9", "Elastic", "1", "1", "2", "1", "0", "4", "2"],
-                    ["other", "othervo", "el9", "Elastic", "0", "0", "0", "0", "0", "10", "5"]]
-    assert lines[blank + 1:] == [["Endpoint", "Type", "Priority", "VMs", "Max", "Pods"],
-                                 ["Site1/cloud1", "local", "2", "4", "8", "el9,other"]]
+    # The pod of another VO ("other") is not the operator's to see.
+    assert pods == [["el9", "vmdirac", "el9", "Elastic", "1", "1", "2", "1", "0", "4", "2"]]
+    assert lines[blank + 1:] == [
+        ["Endpoint", "Type", "Priority", "VMs", "Max", "Pods", "Failures", "Backed off until", "Last error"],
+        ["Site1/cloud1", "local", "2", "4", "8", "el9", "0", "-", "-"]]
+
+
+def test_pods_say_why_an_endpoint_gets_no_vms(shell: Shell):
+    status = EndpointStatusDB(shell.db.engine)
+    status.create_tables()
+    for _ in range(3):
+        status.failed("Site1/cloud1", "QuotaError: instances quota exceeded (10 of 10)", 120.0)
+    lines = shell.ok("dirac-vm-pods")
+    endpoint = lines[lines.index([""]) + 2]
+    assert endpoint[:7] == ["Site1/cloud1", "local", "2", "0", "8", "el9", "3"]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", endpoint[7])
+    assert endpoint[8] == "QuotaError: instances quota exceeded (10 of 10)"
+    pod = shell.server.client("WorkloadManagement/VirtualMachineManager", "admin-proxy").getRunningPods()[0]
+    assert pod["Reason"] == "Site1/cloud1: QuotaError: instances quota exceeded (10 of 10) (3 in a row)"
+    status.succeeded("Site1/cloud1")
+    endpoint = shell.ok("dirac-vm-pods")[-1]
+    assert endpoint[6:] == ["0", "-", "-"]
 
 
 def test_mistakes_are_one_line_errors_and_help_has_an_example(shell: Shell):

@@ -18,6 +18,7 @@ from vmdirac.contexts import VMContext, boot_user_data, make_context
 from vmdirac.contexts.ssh import SSHError, SSHTarget, SSHUnreachable, contextualize, probe
 from vmdirac.core.agent import Agent, AgentOptions
 from vmdirac.core.exceptions import VMDiracError
+from vmdirac.db.endpoint_status_db import EndpointStatusDB
 from vmdirac.db.task_queue_db import TaskQueueDB
 from vmdirac.db.virtual_machine_db import VirtualMachineDB
 from vmdirac.drivers.base import DEPLOYMENT_TAG, INSTANCE_TAG, BootRequest, Driver, DriverError, DriverPool
@@ -53,6 +54,10 @@ class VirtualMachineScheduler(Agent):
         self.vmdb.create_tables()
         self.tqdb = TaskQueueDB(self.context.engine)
         self.tqdb.create_tables()
+        self.endpoint_status = EndpointStatusDB(self.context.engine)
+        self.endpoint_status.create_tables()
+        # Endpoints the DB says are failing (an earlier run's): cleared at their first success.
+        self.failing = {name for name, st in self.endpoint_status.states().items() if st.failures}
         opts = self.options
         self.backoff = Backoff(opts.BackoffSeconds, opts.MaxBackoffSeconds)
         self.pool = DriverPool(self.vmdb.deployment_id, lambda name: state_dir(self.context, name))
@@ -72,16 +77,23 @@ class VirtualMachineScheduler(Agent):
         endpoints = vmconfig.endpoints(snap)
         instances = self.vmdb.instances(statuses=sorted(ALIVE))
         now = time.monotonic()
+        pods_in_order = sorted(pods.values(), key=lambda p: p.name)
+        asked = [(pod.name, ep) for pod in pods_in_order for ep in pod.options.Endpoints]
+        work = self.tqdb.waiting_work([pod_resource(pods[p], endpoints[ep]) for p, ep in asked])
+        runnable: dict[str, dict[str, frozenset[int]]] = {}
+        for (pod_name, ep_name), tq_ids in zip(asked, work.matches):
+            runnable.setdefault(pod_name, {})[ep_name] = tq_ids
+        by_pod: dict[str, list] = {}
+        per_endpoint: dict[str, int] = {}
+        for inst in instances:
+            by_pod.setdefault(inst.pod, []).append(inst)
+            per_endpoint[inst.endpoint] = per_endpoint.get(inst.endpoint, 0) + 1
         demands = []
-        for pod in sorted(pods.values(), key=lambda p: p.name):
-            queues: dict[int, dict] = {}
-            eligible = set()
-            for ep_name in pod.options.Endpoints:
-                found = self.tqdb.matching_queues(pod_resource(pod, endpoints[ep_name]))
-                if found:
-                    eligible.add(ep_name)
-                    queues.update(found)
-            mine = [i for i in instances if i.pod == pod.name]
+        for pod in pods_in_order:
+            by_endpoint = runnable.get(pod.name, {})
+            eligible = {ep for ep, tq_ids in by_endpoint.items() if tq_ids}
+            waiting_jobs, waiting_cpu = work.of(set().union(*by_endpoint.values()) if by_endpoint else set())
+            mine = by_pod.get(pod.name, [])
             image = endpoints[pod.options.Endpoints[0]].image(pod.options.Image) if pod.options.Endpoints else None
             slots = pod.options.JobSlots or (image.Cores if image else 1)
             demands.append(PodDemand(
@@ -89,13 +101,12 @@ class VirtualMachineScheduler(Agent):
                 slots_per_vm=slots, cpu_per_instance=pod.options.CPUPerInstance,
                 max_instances=pod.options.MaxInstances, max_boots_per_cycle=pod.options.MaxBootsPerCycle,
                 static_instances=pod.options.StaticInstances,
-                waiting_jobs=sum(q["Jobs"] for q in queues.values()),
-                waiting_cpu=float(sum(q["Jobs"] * q["CPUTime"] for q in queues.values())),
+                waiting_jobs=waiting_jobs, waiting_cpu=waiting_cpu,
                 booting=sum(1 for i in mine if i.status in BOOTING),
                 free_slots=sum(max(0, slots - i.jobs) for i in mine if i.status == I.RUNNING),
                 alive=len(mine), eligible=frozenset(eligible)))
         capacity = {
-            name: EndpointCapacity(name, ep.options.MaxInstances, sum(1 for i in instances if i.endpoint == name),
+            name: EndpointCapacity(name, ep.options.MaxInstances, per_endpoint.get(name, 0),
                                    ep.options.Priority, self.backoff.backed_off(name, now))
             for name, ep in endpoints.items()}
         return demands, capacity, pods, endpoints
@@ -184,11 +195,16 @@ class VirtualMachineScheduler(Agent):
             self.vmdb.set_error(instance_id, f"{type(e).__name__}: {reason}")
             if isinstance(e, DriverError):
                 delay = self.backoff.failed(endpoint.name, time.monotonic())
+                self.failing.add(endpoint.name)
+                self.endpoint_status.failed(endpoint.name, f"{type(e).__name__}: {reason}", delay)
                 self.log.warning("endpoint %s failed (%s); backed off for %.0f s", endpoint.name, reason, delay)
             else:
                 self.log.error("instance %d not booted: %s", instance_id, reason)
             return False
         self.backoff.succeeded(endpoint.name)
+        if endpoint.name in self.failing:
+            self.failing.discard(endpoint.name)
+            self.endpoint_status.succeeded(endpoint.name)
         status = self.vmdb.set_submitted(instance_id, node.vm_id, list(node.public_ips), list(node.private_ips))
         if status == I.HALTED:  # an operator stopped it while it booted
             self.driver(endpoint).terminate(node.vm_id)

@@ -144,6 +144,24 @@ class Claim:
     tq_id: int
 
 
+@dataclass(frozen=True)
+class WaitingWork:
+    """``waiting``: queue id -> (waiting jobs, the queue's CPU time); ``matches``: for each
+    resource asked about, in order, the ids of the queues it could run."""
+
+    waiting: dict[int, tuple[int, int]]
+    matches: list[frozenset[int]]
+
+    def of(self, tq_ids: set[int] | frozenset[int]) -> tuple[int, float]:
+        """Waiting jobs and their total CPU seconds in these queues."""
+        jobs = cpu = 0
+        for tq_id in tq_ids:
+            n, cpu_time = self.waiting.get(tq_id, (0, 0))
+            jobs += n
+            cpu += n * cpu_time
+        return jobs, float(cpu)
+
+
 class TaskQueueDB(BaseDB):
     metadata = metadata
 
@@ -258,6 +276,32 @@ class TaskQueueDB(BaseDB):
                                                  .where(table.c.TQId.in_(list(out)))):
                     out[tq_id][key].append(value)
         return out
+
+    @transaction(write=False)
+    def waiting_work(self, conn: Connection, resources: list[ResourceDescription]) -> WaitingWork:
+        """What the VM Scheduler needs in one read: the waiting jobs of every queue (one
+        GROUP BY) and, for each resource, the ids of the queues it could run (one light query
+        each, identical descriptions asked once). Cheaper than ``matching_queues`` per resource,
+        which also reads every queue's requirements."""
+        tq = task_queues.c
+        counts = conn.execute(
+            select(tq_jobs.c.TQId, func.count(), tq.CPUTime)
+            .join_from(tq_jobs, task_queues, tq.TQId == tq_jobs.c.TQId)
+            .where(tq.Enabled.is_(True)).group_by(tq_jobs.c.TQId, tq.CPUTime)).all()
+        waiting = {r[0]: (int(r[1]), int(r[2])) for r in counts}
+        matches: list[frozenset[int]] = []
+        seen: dict[tuple, frozenset[int]] = {}
+        for res in resources:
+            key = _cache_key(res)
+            if key not in seen:
+                if not waiting:
+                    seen[key] = frozenset()
+                else:
+                    shape = _shape(res)
+                    rows = conn.execute(_candidates_statement(shape), _params(res, shape)).all()
+                    seen[key] = frozenset(r[0] for r in rows)
+            matches.append(seen[key])
+        return WaitingWork(waiting, matches)
 
     def claim(self, conn: Connection, res: ResourceDescription, attempts: int = 8) -> Claim | None:
         """Take one job for this resource inside the caller's transaction, or None.

@@ -26,11 +26,13 @@ from typing import Any
 
 from vmdirac.core.exceptions import IllegalTransition, InvalidArgument, NotAuthorized, NotFound
 from vmdirac.core.export import Caller, Service, export
+from vmdirac.db.endpoint_status_db import EndpointStatusDB
+from vmdirac.db.task_queue_db import TaskQueueDB
 from vmdirac.db.virtual_machine_db import ATTRIBUTES, FILTERABLE, GROUPABLE, Beat, InstanceFilter, VirtualMachineDB
 from vmdirac.logic.selection import narrow, parse_selection
 from vmdirac.logic.vm_credentials import credential_expiry, credential_hours, issue_credential
 from vmdirac.vm import config as vmconfig
-from vmdirac.vm.instance_status import InstanceStatus as I
+from vmdirac.vm.instance_status import ALIVE, BOOTING, InstanceStatus as I
 
 VMS = ("VmRpcOperation", "GenericPilot")          # per-VM credentials keep only these properties
 READERS = ("NormalUser", "Operator", "JobAdministrator")
@@ -130,6 +132,10 @@ class VirtualMachineManagerService(Service):
         self.db.create_tables()
         self._pods: tuple[int, dict[str, str]] = (-1, {})
         self.heartbeats = HeartbeatQueue(self.db)
+        self.tqdb = TaskQueueDB(self.context.engine)
+        self.tqdb.create_tables()
+        self.endpoint_status = EndpointStatusDB(self.context.engine)
+        self.endpoint_status.create_tables()
 
     def selection(self, caller: Caller, select: dict[str, Any]) -> InstanceFilter:
         """``select`` narrowed to what ``caller`` may see."""
@@ -257,6 +263,50 @@ class VirtualMachineManagerService(Service):
             except (IllegalTransition, NotFound) as e:
                 failed[instance_id] = e.message
         return {"Successful": done, "Failed": {str(k): v for k, v in failed.items()}, "Statuses": statuses}
+
+    @export(properties=READERS)
+    def getRunningPods(self, caller: Caller) -> list[dict]:
+        """The running pods of the caller's VO (all, for an installation-wide administrator), as
+        the scheduler sees them: caps, the jobs waiting that their VMs could run (all owners of
+        the VO), their VMs by status, and each endpoint's VMs, cap and failures (the last error
+        and until when the scheduler backs it off), so that a pod without VMs says why."""
+        snap = self.context.config.current
+        pods, endpoints = vmconfig.pods(snap), vmconfig.endpoints(snap)
+        allowed = visible_filter(caller, {name: pod.vo for name, pod in pods.items()}).get("Pod")
+        names = sorted(n for n in pods if allowed is None or n in allowed)
+        asked = [(n, ep) for n in names if pods[n].options.Enabled for ep in pods[n].options.Endpoints]
+        work = self.tqdb.waiting_work([vmconfig.pod_resource(pods[n], endpoints[ep]) for n, ep in asked])
+        runnable: dict[str, set[int]] = {}
+        for (name, _), tq_ids in zip(asked, work.matches):
+            runnable.setdefault(name, set()).update(tq_ids)
+        by_pod = self.db.counts(("Pod", "Status"), InstanceFilter({"Pod": tuple(names)}))
+        by_endpoint = self.db.counts(("Endpoint",), statuses=sorted(ALIVE))
+        states = self.endpoint_status.states()
+        now = dt.datetime.now(dt.timezone.utc)
+        out = []
+        for name in names:
+            pod = pods[name]
+            jobs, cpu = work.of(runnable.get(name, set()))
+            statuses = {status: n for (p, status), n in by_pod.items() if p == name}
+            eps = []
+            for ep_name in pod.options.Endpoints:
+                ep, st = endpoints[ep_name], states.get(ep_name)
+                eps.append({"Endpoint": ep_name, "Type": ep.options.Type, "Priority": ep.options.Priority,
+                            "MaxInstances": ep.options.MaxInstances, "VMs": by_endpoint.get((ep_name,), 0),
+                            "Failures": st.failures if st else 0, "LastError": st.last_error if st else "",
+                            "LastErrorTime": st.last_error_time if st else None,
+                            "BackedOffUntil": st.backed_off_until if st and st.backed_off(now) else None})
+            failing = [e for e in eps if e["Failures"]]
+            out.append({
+                "Pod": name, "VO": pod.vo, "Image": pod.options.Image, "Policy": pod.options.Policy,
+                "StaticInstances": pod.options.StaticInstances, "StopPolicy": pod.options.StopPolicy,
+                "Enabled": pod.options.Enabled, "MaxInstances": pod.options.MaxInstances,
+                "MaxBootsPerCycle": pod.options.MaxBootsPerCycle, "WaitingJobs": jobs, "WaitingCPU": cpu,
+                "Instances": statuses, "Booting": sum(n for s, n in statuses.items() if s in BOOTING),
+                "Running": statuses.get(I.RUNNING, 0), "Endpoints": eps,
+                "Reason": "; ".join(f"{e['Endpoint']}: {e['LastError']} ({e['Failures']} in a row)" for e in failing),
+            })
+        return out
 
     def _visible_ids(self, caller: Caller, ids: list[int], strict: bool = True) -> tuple[list[int], dict[int, str]]:
         """Split ids into those ``caller`` may see and refusals; ``strict`` raises on a refusal.
