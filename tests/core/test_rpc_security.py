@@ -142,3 +142,17 @@ def test_host_name_is_checked(server, pki):
         with ctx.wrap_socket(socket.create_connection(("127.0.0.1", server.port), 5),
                              server_hostname="not-this-host.example.org"):
             pass
+
+
+def test_a_replaced_credential_file_is_presented_by_the_same_client(server, pki, tmp_path):
+    """A VM's monitor renews its credential by replacing the file; the pilot's long-lived clients
+    must present the new one from their next call, on a new connection."""
+    cred = tmp_path / "x509up"
+    cred.write_bytes(open(pki.path("alice-proxy"), "rb").read())
+    client = server.client("Test/Echo", str(cred))
+    assert client.whoami()["group"] == "dirac_user"
+    fresh = tmp_path / "x509up.new"
+    fresh.write_bytes(open(pki.path("alice-proxy2"), "rb").read())
+    fresh.replace(cred)
+    assert client.whoami()["group"] == "dirac_admin"
+    assert client.whoami()["group"] == "dirac_admin"

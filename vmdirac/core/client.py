@@ -52,11 +52,24 @@ class ClientCredentials:
     _ctx: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
 
     def ssl_context(self) -> ssl.SSLContext:
-        ctx = self._ctx.get("ctx")
-        if ctx is None:
-            ctx = client_context(self.cert, self.key, self.ca)
-            self._ctx["ctx"] = ctx
-        return ctx
+        """The TLS context presenting the credential, made again when its files changed: a VM's
+        renewed credential replaces its file, and long-lived clients (the pilot) must present it."""
+        stamp = self._stamp()
+        cached = self._ctx.get("ctx")
+        if cached is None or cached[0] != stamp:
+            cached = (stamp, client_context(self.cert, self.key, self.ca))
+            self._ctx["ctx"] = cached
+        return cached[1]
+
+    def _stamp(self) -> tuple:
+        out = []
+        for path in (self.cert, self.key):
+            try:
+                st = os.stat(path) if path else None
+            except OSError:
+                st = None
+            out.append(st and (st.st_ino, st.st_mtime_ns, st.st_size))
+        return tuple(out)
 
 
 class _Connections(threading.local):
@@ -128,6 +141,9 @@ class RPCClient:
         if parts.scheme != "https" or not parts.hostname:
             raise VMDiracError(f"bad service URL {url!r}: expected https://host:port/System/Service")
         conn = self._conns.by_netloc.get(parts.netloc)
+        if conn is not None and getattr(conn, "vmdirac_ctx", None) is not self.credentials.ssl_context():
+            conn.close()  # made with a credential since replaced: the next request presents the new one
+            conn = None
         reused = conn is not None and conn.sock is not None
         for fresh_try in (False, True):
             if conn is None or fresh_try:
@@ -169,6 +185,7 @@ class RPCClient:
             raise
         conn = http.client.HTTPSConnection(parts.hostname, parts.port or 443, timeout=self.connect_timeout,
                                            context=ctx)
+        conn.vmdirac_ctx = ctx
         try:
             conn.connect()
         except ssl.SSLError as e:
