@@ -19,6 +19,7 @@ from vmdirac.drivers.base import DEPLOYMENT_TAG, INSTANCE_TAG, BootRequest, Node
 from vmdirac.drivers.local import LocalDriver
 from vmdirac.drivers.local_vm import vm_processes
 from vmdirac.vm.config import Endpoint, EndpointOptions, ImageOptions
+from tests.waiting import wait_for
 
 IMAGE = ImageOptions(ImageID="local-image", Cores=2)
 
@@ -44,16 +45,6 @@ def user_data(script: str = SCRIPT) -> bytes:
              VMFile("/var/lib/thing/config.yaml", b"a: 1\n", 0o644)]
     return multipart([(cloud_config(files), "cloud-config", "config"), (script, "x-shellscript", "start.sh")])
 
-
-def wait_for(check, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
 
 
 def group_gone(pgid: int) -> bool:
@@ -214,3 +205,44 @@ def test_a_vm_killed_from_outside_is_terminated(driver):
     os.killpg(pgid, signal.SIGKILL)
     wait_for(lambda: group_gone(pgid), 10, "the group to die")       # reaped by the driver that booted it
     assert driver.status(node.vm_id).state == NodeState.TERMINATED
+
+
+def test_a_vm_whose_boot_died_before_recording_its_pid_records_itself(driver):
+    """The booting process killed between starting the VM and writing its pid: the VM writes
+    it, so the driver still sees it running and can end it (no VM runs unaccounted)."""
+    vm_id = "e" * 32
+    vm_dir = driver.state_dir / vm_id
+    (vm_dir / "logs").mkdir(parents=True)
+    (vm_dir / "user-data").write_bytes(user_data("#!/bin/sh\necho booted > booted\n"))
+    record = {"vm_id": vm_id, "name": "vm-orphaned-boot", "endpoint": driver.endpoint.name, "state": "pending",
+              "pid": None, "pgid": None, "tags": {DEPLOYMENT_TAG: "test-deployment"},
+              "created": "2020-01-01T00:00:00+00:00"}   # long ago: pid-less, it would count as gone
+    (vm_dir / "node.json").write_text(json.dumps(record))
+    proc = subprocess.Popen([sys.executable, "-m", "vmdirac.drivers.local_vm", str(vm_dir)], cwd=vm_dir,
+                            start_new_session=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        wait_for(lambda: json.loads((vm_dir / "node.json").read_text()).get("pid"), 30, "the VM to record itself")
+        node = json.loads((vm_dir / "node.json").read_text())
+        assert (node["pid"], node["pgid"], node["state"]) == (proc.pid, proc.pid, "running")
+        assert driver.status(vm_id).state == NodeState.RUNNING
+        assert [n.vm_id for n in driver.list_nodes()] == [vm_id]
+        driver.terminate(vm_id)
+        assert proc.wait(10) == 0 and group_gone(proc.pid)
+        assert driver.status(vm_id).state == NodeState.TERMINATED
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def test_a_frozen_vm_acts_on_terminate(driver):
+    node = driver.boot(BootRequest("vm-frozen", IMAGE, user_data("#!/bin/sh\nsleep 600 &\n"), {}))
+    pgid = driver.leader_pid(node.vm_id)
+    wait_for(lambda: len(vm_processes(pgid)) >= 2, 30, "the VM's processes")
+    os.killpg(pgid, signal.SIGSTOP)
+    driver.terminate(node.vm_id)
+    assert group_gone(pgid)
+    # Woken by SIGCONT, the VM's init acted on SIGTERM and ended its processes itself (it writes
+    # why); left stopped, it would have waited for SIGKILL and written nothing.
+    halted = json.loads((driver.vm_dir(node.vm_id) / "halted").read_text())
+    assert halted["reason"] == "terminated (SIGTERM)"

@@ -45,3 +45,12 @@ def test_instances_the_endpoint_lost_are_closed():
 def test_max_lifetime_drains_running_vms():
     a = run([known(1, started_hours=30), known(2, started_hours=1)], {"S/E": [node(1), node(2)]}, {"p": 24 * 3600})
     assert a.drain == [1]
+
+
+def test_an_instance_changed_after_the_listing_began_is_not_closed_for_missing_from_it():
+    """The scheduler submitted VM 2 (or VM 2 heartbeated) after the endpoint was listed: the
+    listing cannot show it yet, and it must not be closed as gone."""
+    listed_at = NOW - dt.timedelta(seconds=30)
+    ks = [known(1, minutes=5), known(2, "Submitted", minutes=0)]
+    a = decide(ks, {"S/E": []}, NOW, stalling=40 * 60, boot_grace=20 * 60, max_lifetime={}, listed_at=listed_at)
+    assert a.close == [1]

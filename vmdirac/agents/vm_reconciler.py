@@ -55,18 +55,21 @@ class VirtualMachineReconciler(Agent):
         snap = self.context.config.current
         endpoints = vmconfig.endpoints(snap)
         pods = vmconfig.pods(snap)
-        known = [Known(i.instance_id, i.name, i.endpoint, i.endpoint_vm_id, i.status, i.last_update, i.started, i.pod)
-                 for i in self.vmdb.instances()]
+        # The clouds first, then the DB (see ``reconcile.decide``): a VM booted in between
+        # has its row already, and a row changed in between is not judged on the older listing.
+        listed_at = utcnow()
         nodes = {}
         for name, endpoint in endpoints.items():
             try:
                 nodes[name] = self.driver(endpoint).list_nodes()
             except (DriverError, VMDiracError, OSError) as e:
                 self.log.warning("cannot list the VMs of %s: %s", name, e)
+        known = [Known(i.instance_id, i.name, i.endpoint, i.endpoint_vm_id, i.status, i.last_update, i.started, i.pod)
+                 for i in self.vmdb.instances()]
         tagged = {(ep, n.tags.get(INSTANCE_TAG)): n.vm_id for ep, ns in nodes.items() for n in ns}
         known = [k if k.vm_id else dataclasses.replace(k, vm_id=tagged.get((k.endpoint, k.name), "")) for k in known]
         actions = decide(known, nodes, utcnow(), opts.StallingInterval, opts.BootGrace,
-                         {n: p.options.MaxLifetime for n, p in pods.items()})
+                         {n: p.options.MaxLifetime for n, p in pods.items()}, listed_at)
         by_id = {k.instance_id: k for k in known}
         for instance_id in actions.stall:
             k = by_id[instance_id]

@@ -36,7 +36,9 @@ from typing import ClassVar, Iterator
 from vmdirac.drivers.base import (
     DEPLOYMENT_TAG, INSTANCE_TAG, BadConfiguration, BootRequest, Driver, Limits, Node, NodeNotFound, NodeState,
 )
-from vmdirac.drivers.local_vm import HALT_FILE, HALTED_FILE, NODE_FILE, USER_DATA, process_table, start_ticks, vm_processes
+from vmdirac.drivers.local_vm import (
+    BOOT_LOCK, HALT_FILE, HALTED_FILE, NODE_FILE, USER_DATA, process_table, start_ticks, vm_processes, write_node,
+)
 from vmdirac.vm.config import Endpoint
 
 log = logging.getLogger(__name__)
@@ -107,7 +109,9 @@ class LocalDriver(Driver):
             return
         if self._leader_alive(record):
             # The VM's init ends its own processes (it is their subreaper and reaps them all).
+            # A frozen VM (SIGSTOP) would hold SIGTERM pending until killed: wake it to act on it.
             _signal(pid, signal.SIGTERM)
+            _signal(pid, signal.SIGCONT)
             self._wait(lambda: not self._leader_alive(record), self.kill_grace + 5.0)
         for sig in (signal.SIGTERM, signal.SIGKILL):
             left = self._processes(record, thorough=True)
@@ -115,6 +119,8 @@ class LocalDriver(Driver):
                 break
             for proc in left:
                 _signal(proc.pid, sig)
+                if sig == signal.SIGTERM:
+                    _signal(proc.pid, signal.SIGCONT)
             self._wait(lambda: not self._processes(record, thorough=True), self.kill_grace)
         self._reap(pid, timeout=5.0)
         left = self._processes(record, thorough=True)
@@ -241,10 +247,7 @@ class LocalDriver(Driver):
         return record
 
     def _write(self, vm_id: str, record: dict) -> None:
-        path = self.state_dir / vm_id / NODE_FILE
-        tmp = path.with_name(f"{NODE_FILE}.{os.getpid()}.{threading.get_ident()}")
-        tmp.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
-        os.replace(tmp, path)
+        write_node(self.state_dir / vm_id, record)
 
     def _vm_id_of(self, name: str) -> str | None:
         try:
@@ -255,7 +258,7 @@ class LocalDriver(Driver):
     @contextlib.contextmanager
     def _boot_lock(self) -> Iterator[None]:
         """Boots are serialised across processes, so two retries of one boot find one VM."""
-        with open(self.state_dir / ".boot.lock", "a") as fh:
+        with open(self.state_dir / BOOT_LOCK, "a") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
             try:
                 yield

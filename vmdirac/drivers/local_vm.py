@@ -26,12 +26,14 @@ from __future__ import annotations
 
 import ctypes
 import datetime as dt
+import fcntl
 import json
 import logging
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +48,7 @@ HALT_FILE = "halt"          # what the monitor touches to halt the VM
 HALTED_FILE = "halted"      # written on the way out: why and when
 USER_DATA = "user-data"
 NODE_FILE = "node.json"
+BOOT_LOCK = ".boot.lock"     # in the endpoint's state directory: boots hold it
 KILL_GRACE = 3.0            # seconds between SIGTERM and SIGKILL of the VM's processes
 POLL = 0.1                  # seconds between checks of the halt file
 
@@ -131,6 +134,14 @@ def vm_cpu_seconds(leader: int, exclude_own: tuple[int, ...] = ()) -> float:
     return total
 
 
+def write_node(vm_dir: Path, record: dict) -> None:
+    """Replace ``node.json`` atomically (readers in other processes never see half of it)."""
+    path = vm_dir / NODE_FILE
+    tmp = path.with_name(f"{NODE_FILE}.{os.getpid()}.{threading.get_ident()}")
+    tmp.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
 def start_ticks(pid: int) -> int | None:
     proc = read_proc(pid)
     return None if proc is None or proc.zombie else proc.start_ticks
@@ -153,10 +164,30 @@ class LocalVM:
         self.logs = self.dir / "logs"
         self.halt_file = self.dir / HALT_FILE
         self.kill_grace = kill_grace
-        self.node = json.loads((self.dir / NODE_FILE).read_text())
+        self.node = self.record_self()
         self.vm_id = str(self.node["vm_id"])
         self.terminated = False
         self.started = time.time()
+
+    def record_self(self) -> dict:
+        """The booting driver writes this VM's pid once it has started it; had the booting process
+        died before that write, the VM writes it here, so that it is never left running with a
+        pid-less record (which the driver takes for a boot that failed, and so would never end).
+        The driver holds the boot lock until its own write: wait for it, then look."""
+        with open(self.dir.parent / BOOT_LOCK, "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                node = json.loads((self.dir / NODE_FILE).read_text())
+                if not node.get("pid"):
+                    me = os.getpid()
+                    node.update(state="running", pid=me, pgid=os.getpgid(0), start_ticks=start_ticks(me),
+                                started=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
+                    write_node(self.dir, node)
+                    log.warning("VM %s recorded its own pid %d: the boot that started it ended first",
+                                node.get("vm_id"), me)
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+        return node
 
     # ------------------------------------------------------------ cloud-init's work
 
@@ -257,6 +288,8 @@ class LocalVM:
             for p in others():
                 try:
                     os.kill(p.pid, sig)
+                    if sig == signal.SIGTERM:
+                        os.kill(p.pid, signal.SIGCONT)   # a stopped process acts on SIGTERM only once woken
                 except ProcessLookupError:
                     pass
             deadline = time.monotonic() + wait

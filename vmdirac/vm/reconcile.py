@@ -32,9 +32,14 @@ class Actions:
 
 
 def decide(known: list[Known], nodes: dict[str, list[Node]], now: dt.datetime, stalling: float,
-           boot_grace: float, max_lifetime: dict[str, float]) -> Actions:
+           boot_grace: float, max_lifetime: dict[str, float], listed_at: dt.datetime | None = None) -> Actions:
     """Pure. ``nodes``: for each endpoint listed this cycle (endpoints that failed to list are
-    absent, so nothing is closed or orphaned on their account)."""
+    absent, so nothing is closed or orphaned on their account). ``listed_at``: when the listing
+    began (default ``now``). The caller lists the endpoints *before* reading ``known``: a VM
+    booted meanwhile then has its row (written before any boot) in ``known``, so it is never
+    taken for an orphan; and an instance that changed after ``listed_at`` (submitted, or heard
+    from) is not closed for missing from a listing older than it."""
+    listed_at = listed_at or now
     a = Actions()
     by_name = {k.name: k for k in known}
     for k in known:
@@ -56,7 +61,8 @@ def decide(known: list[Known], nodes: dict[str, list[Node]], now: dt.datetime, s
             # A VM whose id never reached the DB (the scheduler died after the boot) is found by its tag.
             node = next((n for n in listed if (n.vm_id == k.vm_id if k.vm_id else n.tags.get(INSTANCE_TAG) == k.name)), None)
             if node is None or node.state in (NodeState.TERMINATED, NodeState.STOPPED):
-                a.close.append(k.instance_id)
+                if k.last_update < listed_at:
+                    a.close.append(k.instance_id)
                 continue
         lifetime = max_lifetime.get(k.pod, 0.0)
         if lifetime and k.status == I.RUNNING and k.started and (now - k.started).total_seconds() > lifetime:
