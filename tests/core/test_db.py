@@ -168,3 +168,25 @@ def test_sqlite_runs_in_wal_mode(tmp_path):
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 30000
     engine.dispose()
+
+
+def test_an_idle_connection_lost_is_replaced_before_use(mysql_url, monkeypatch, caplog):
+    """Pooled MySQL connections are pinged only after being idle (here: at once); one the
+    server dropped is replaced at checkout, so the transaction never sees it."""
+    import vmdirac.core.db as core_db
+
+    monkeypatch.setattr(core_db, "IDLE_PING_SECONDS", 0.0)
+    engine = make_engine(mysql_url)
+    d = CounterDB(engine)
+    d.create_tables()
+    d.add("k", 7)
+    with engine.connect() as conn:
+        conn_id = conn.exec_driver_sql("SELECT CONNECTION_ID()").scalar()
+    killer = make_engine(mysql_url)
+    with killer.connect() as k:
+        k.exec_driver_sql(f"KILL {int(conn_id)}")
+    killer.dispose()
+    with caplog.at_level("WARNING", logger="vmdirac.core.db"):
+        assert d.get("k")[0] == 7
+    assert not [r for r in caplog.records if "retrying" in r.getMessage()]
+    engine.dispose()

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from vmdirac.cli.common import parser
+from vmdirac.core.clientconfig import ClientSession
 from vmdirac.core.exceptions import IllegalTransition, InvalidArgument, NotAuthorized, NotFound
 from vmdirac.wms.sandbox_client import Progress, progress_bar
 
@@ -88,6 +89,16 @@ def job_error(job_id: int, reason: str) -> int:
 def not_visible(job_id: int) -> int:
     """What the services answer for a job that is not there or not the caller's, alike."""
     return job_error(job_id, f"job {job_id} does not exist or is not yours")
+
+
+def job_action(argv: list[str] | None, prog: str, description: str, method: str, done: str) -> int:
+    """A bulk JobManager action on the jobs named by the arguments (``killJob``: ``Killed``),
+    one result line per job, as dirac-wms-job-kill, -delete and -reschedule do."""
+    example = (f"$ {prog} 12 13\n  {done} job 12\n"
+               "  ERROR: job 13 does not exist or is not yours")
+    ids = job_ids(job_parser(prog, description, example).parse_args(argv))
+    manager = ClientSession.open().client("WorkloadManagement/JobManager")
+    return report_bulk(getattr(manager, method)(ids), ids, done)
 
 
 def report_bulk(result: dict, ids: Sequence[int], done: str) -> int:

@@ -29,7 +29,7 @@ from typing import Any, Callable, TypeVar
 
 from sqlalchemy import DateTime, MetaData, create_engine, event
 from sqlalchemy.engine import Connection, Engine, make_url
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError
 from sqlalchemy.types import TypeDecorator
 
 from vmdirac.core.exceptions import ConfigurationError, DBError
@@ -37,6 +37,7 @@ from vmdirac.core.exceptions import ConfigurationError, DBError
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 5
+IDLE_PING_SECONDS = 30.0   # MySQL: a pooled connection idle this long is pinged before use
 _RETRY_MYSQL = {1213, 1205, 2006, 2013}  # deadlock, lock wait timeout, server gone, lost connection
 
 
@@ -96,14 +97,34 @@ def make_engine(url: str) -> Engine:
     if backend == "mysql":
         query = dict(parsed.query)
         query.setdefault("charset", "utf8mb4")
-        return create_engine(
+        engine = create_engine(
             parsed.set(query=query),
-            pool_pre_ping=True,
             pool_recycle=3600,
             pool_size=20,
             max_overflow=40,
             isolation_level="READ COMMITTED",
+            # Every transaction ends in a commit or a rollback (``transaction``): the pool's own
+            # rollback at check-in would be one more round trip per transaction, for nothing.
+            pool_reset_on_return=None,
         )
+
+        # A connection is pinged only when it has been idle long enough for the server to have
+        # dropped it; SQLAlchemy's pre-ping would cost a round trip on every checkout. A
+        # connection lost anyway is retried by ``transaction``.
+        @event.listens_for(engine, "checkin")
+        def _checked_in(_dbapi_conn, record):
+            record.info["vmdirac_idle_since"] = time.monotonic()
+
+        @event.listens_for(engine, "checkout")
+        def _ping_if_idle(dbapi_conn, record, _proxy):
+            since = record.info.get("vmdirac_idle_since")
+            if since is not None and time.monotonic() - since > IDLE_PING_SECONDS:
+                try:
+                    dbapi_conn.ping(reconnect=False)
+                except Exception as e:
+                    raise DisconnectionError(f"idle connection lost: {e}") from e
+
+        return engine
     raise ConfigurationError(f"unsupported database backend {backend!r} (use sqlite or mysql+pymysql)")
 
 
