@@ -20,10 +20,8 @@ import pytest
 from tests.contexts.context_fixtures import local_context
 from tests.pilot.pilot_fixtures import job
 from tests.services.wms_fixtures import WMS_SERVICES, wms_tree
-from vmdirac.agents.vm_monitor import (
-    Action, Command, CPUSource, LoadAvgSource, MonitorOptions, MonitorState, Observation, VirtualMachineMonitor,
-    decide, load_vm_config,
-)
+from vmdirac.agents.vm_load import CPUSource, LoadAvgSource
+from vmdirac.agents.vm_monitor import VirtualMachineMonitor, load_vm_config
 from vmdirac.contexts import CONFIG_PATH, MANAGER, vm_files, vm_path
 from vmdirac.contexts.cloudinit import build_user_data
 from vmdirac.core.exceptions import IllegalTransition, ServiceUnavailable
@@ -32,6 +30,7 @@ from vmdirac.drivers.base import BootRequest, NodeState
 from vmdirac.drivers.local import LocalDriver
 from vmdirac.drivers.local_vm import vm_cpu_seconds
 from vmdirac.vm.config import Endpoint, EndpointOptions, ImageOptions
+from vmdirac.vm.monitor_policy import Action, Command, MonitorOptions, MonitorState, Observation, decide
 from vmdirac.wms.job_status import FINAL
 from tests.waiting import wait_for
 

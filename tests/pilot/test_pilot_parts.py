@@ -18,7 +18,7 @@ from vmdirac.pilot.payload import (
     resolve_executable,
 )
 from vmdirac.pilot.watchdog import CPU_EXCEEDED, WALL_EXCEEDED, Limits, Usage, Watchdog, describe_exit, verdict
-from vmdirac.wms.jdl import JobDescription
+from vmdirac.wms.job_description import JobDescription
 from vmdirac.wms.matching import ResourceDescription
 
 

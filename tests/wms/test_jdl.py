@@ -8,9 +8,9 @@ import time
 import pytest
 
 from vmdirac.core.exceptions import InvalidJDL, QuotaExceeded
-from vmdirac.wms.jdl import (
-    DEFAULT_CPU_TIME, MAX_DEPTH, Expression, JobDescription, dumps, expand_parametric,
-    parameter_vector_length, parse, substitute_job_id,
+from vmdirac.wms.jdl import MAX_DEPTH, Expression, dumps, parse
+from vmdirac.wms.job_description import (
+    DEFAULT_CPU_TIME, JobDescription, expand_parametric, parameter_vector_length, substitute_job_id,
 )
 
 EXAMPLE = """\

@@ -29,7 +29,6 @@ Transfers are reported as 0 files / 0 bytes: nothing in the VM measures them yet
 
 from __future__ import annotations
 
-import collections
 import json
 import logging
 import math
@@ -41,11 +40,11 @@ import sys
 import threading
 import time
 import urllib.parse
-from dataclasses import dataclass, replace
-from enum import StrEnum
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable
 
+from vmdirac.agents.vm_load import LoadSource, make_load_source
 from vmdirac.contexts import MANAGER, ROOT_ENV, vm_path
 from vmdirac.core.client import ClientCredentials, RPCClient
 from vmdirac.core.config import dump_yaml, load_files, options
@@ -53,6 +52,7 @@ from vmdirac.core.exceptions import ConfigurationError, IllegalTransition, VMDir
 from vmdirac.core.x509 import Credential, write_private
 from vmdirac.pilot.config import PilotOptions
 from vmdirac.pilot.job_agent import STATUS_FILE as PILOT_STATUS
+from vmdirac.vm.monitor_policy import Action, Command, Decision, MonitorOptions, MonitorState, Observation, decide
 
 log = logging.getLogger(__name__)
 
@@ -60,25 +60,6 @@ PILOT_MAIN = "import sys; from vmdirac.cli.pilot import main; sys.exit(main())"
 
 
 # ---------------------------------------------------------------- configuration
-
-@dataclass(frozen=True)
-class MonitorOptions:
-    StopPolicy: str = "Elastic"          # Elastic | Never
-    HaltPeriod: float = 600.0            # VMDIRAC's defaults
-    MinWorkingLoad: float = 0.01
-    HeartBeatPeriod: float = 300.0
-    LoadAverageTimespan: float = 60.0
-    WorkDir: str = "/var/lib/vmdirac"
-    MachineFeatures: str = "/etc/machinefeatures"   # $MACHINEFEATURES wins when set
-    StartPilot: bool = True              # False on ad-hoc images: the monitor only
-    PilotRestartDelay: float = 60.0      # Never: a pilot that ended is started again after this
-    PilotStopGrace: float = 30.0         # forced halt: seconds for the pilot to fail its jobs cleanly
-    LoadSource: str = "auto"             # auto | loadavg | vm-processes
-    HaltAction: str = "auto"             # auto | halt-file | shutdown
-    HaltCommand: tuple[str, ...] = ("shutdown", "-h", "now")
-    Tick: float = 1.0                    # seconds between load samples and decisions
-    RenewCredentialBefore: float = 6 * 3600.0   # renew the VM's credential this long before it expires; 0: never
-
 
 @dataclass(frozen=True)
 class VMConfig:
@@ -124,157 +105,6 @@ def load_vm_config(path: str | Path, root: str | None = None) -> VMConfig:
     return VMConfig(ident, name, str(instance.get("Pod", "")), str(instance.get("Site", "")), services,
                     vm_path(str(tree.get("Credential", "")), root), vm_path(str(tree.get("CACertificates", "")), root),
                     monitor, pilot, root)
-
-
-# ---------------------------------------------------------------- the decision
-
-class Action(StrEnum):
-    NONE = "none"
-    START_PILOT = "start-pilot"
-    DRAIN = "drain"
-    HALT = "halt"
-
-
-class Command(StrEnum):
-    """What the server's heartbeat answer may ask."""
-
-    NONE = ""
-    STOP = "stop"
-    HALT = "halt"
-
-
-@dataclass(frozen=True)
-class Observation:
-    now: float                       # monotonic seconds
-    jobs: int                        # jobs the pilot runs
-    load: float                      # averaged over LoadAverageTimespan
-    pilot_alive: bool
-    command: Command = Command.NONE  # the strongest the server has asked so far
-    shutdown_in: float | None = None  # a provider's notice: seconds left (inf: no time given)
-
-
-@dataclass(frozen=True)
-class MonitorState:
-    idle_since: float | None = None
-    draining: bool = False
-    drain_reason: str = ""
-    pilot_started: float | None = None
-
-
-@dataclass(frozen=True)
-class Decision:
-    action: Action
-    reason: str
-    state: MonitorState
-
-
-def decide(opts: MonitorOptions, state: MonitorState, obs: Observation) -> Decision:
-    """What to do now. Pure: the options, what the monitor remembers, and what it sees."""
-    if obs.command == Command.HALT:
-        return Decision(Action.HALT, "the server asked to halt", state)
-    if obs.shutdown_in is not None and obs.shutdown_in <= 0:
-        return Decision(Action.HALT, "the shutdown time of the provider's notice is reached", state)
-    if not state.draining:
-        reason = ""
-        if obs.command == Command.STOP:
-            reason = "the server asked to stop"
-        elif obs.shutdown_in is not None:
-            reason = "the provider announced a shutdown" + (
-                f" in {obs.shutdown_in:.0f} s" if math.isfinite(obs.shutdown_in) else "")
-        else:
-            idle = obs.jobs == 0 and obs.load < opts.MinWorkingLoad
-            since = (obs.now if state.idle_since is None else state.idle_since) if idle else None
-            state = replace(state, idle_since=since)
-            if opts.StopPolicy == "Elastic" and since is not None and obs.now - since >= opts.HaltPeriod:
-                reason = (f"idle for {obs.now - since:.0f} s (no job, load {obs.load:.3f} < "
-                          f"{opts.MinWorkingLoad:g})")
-        if reason:
-            return Decision(Action.DRAIN, reason, replace(state, draining=True, drain_reason=reason))
-    if state.draining:
-        # Halt once the pilot has exited: a job it was given while told to drain still runs.
-        if not obs.pilot_alive and obs.jobs == 0:
-            return Decision(Action.HALT, f"drained ({state.drain_reason})", state)
-        return Decision(Action.NONE, f"draining: {obs.jobs} job(s) running", state)
-    if opts.StartPilot and not obs.pilot_alive:
-        if state.pilot_started is None:
-            return Decision(Action.START_PILOT, "starting the pilot", replace(state, pilot_started=obs.now))
-        if opts.StopPolicy == "Never" and obs.now - state.pilot_started >= opts.PilotRestartDelay:
-            return Decision(Action.START_PILOT, "the pilot ended; stop policy Never starts another",
-                            replace(state, pilot_started=obs.now))
-    return Decision(Action.NONE, "", state)
-
-
-# ---------------------------------------------------------------- load sources
-
-class LoadSource(Protocol):
-    def sample(self, now: float) -> None: ...
-
-    def average(self, now: float, timespan: float) -> float: ...
-
-
-class LoadAvgSource:
-    """The machine's run-queue load (``/proc/loadavg``, 1-minute figure), averaged over the
-    samples of the timespan: right on a VM of its own."""
-
-    def __init__(self, path: str = "/proc/loadavg") -> None:
-        self.path = path
-        self.samples: collections.deque[tuple[float, float]] = collections.deque()
-
-    def sample(self, now: float) -> None:
-        try:
-            value = float(Path(self.path).read_text().split()[0])
-        except (OSError, ValueError, IndexError):
-            return
-        self.samples.append((now, value))
-
-    def average(self, now: float, timespan: float) -> float:
-        while self.samples and self.samples[0][0] < now - timespan:
-            self.samples.popleft()
-        return sum(v for _, v in self.samples) / len(self.samples) if self.samples else 0.0
-
-
-class CPUSource:
-    """CPU seconds used per second by a set of processes (cores kept busy), from a cumulative
-    counter sampled each tick; the counter is kept monotonic (a process between its exit and
-    its parent's reaping drops out of the sum for a moment)."""
-
-    def __init__(self, counter: Callable[[], float]) -> None:
-        self.counter = counter
-        self.samples: collections.deque[tuple[float, float]] = collections.deque()
-
-    def sample(self, now: float) -> None:
-        value = self.counter()
-        if self.samples:
-            value = max(value, self.samples[-1][1])
-        self.samples.append((now, value))
-
-    def average(self, now: float, timespan: float) -> float:
-        while len(self.samples) > 2 and self.samples[1][0] <= now - timespan:
-            self.samples.popleft()
-        if len(self.samples) < 2:
-            return 0.0
-        (t0, c0), (t1, c1) = self.samples[0], self.samples[-1]
-        return (c1 - c0) / (t1 - t0) if t1 > t0 else 0.0
-
-
-def vm_processes_source(leader: int) -> CPUSource:
-    """The local cloud's VM: every process under its init (payloads included), except the own
-    time of the init and of this monitor (bookkeeping, not work)."""
-    from vmdirac.drivers.local_vm import vm_cpu_seconds
-
-    me = os.getpid()
-    return CPUSource(lambda: vm_cpu_seconds(leader, exclude_own=(leader, me)))
-
-
-def make_load_source(kind: str) -> LoadSource:
-    leader = os.environ.get("VMDIRAC_VM_PID", "")
-    if kind == "auto":
-        kind = "vm-processes" if leader else "loadavg"
-    if kind == "loadavg":
-        return LoadAvgSource()
-    if kind == "vm-processes":
-        return vm_processes_source(int(leader) if leader else os.getpgid(0))
-    raise ConfigurationError(f"Monitor/LoadSource: auto, loadavg or vm-processes, not {kind!r}")
 
 
 # ---------------------------------------------------------------- halt actions

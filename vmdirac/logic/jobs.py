@@ -20,6 +20,7 @@ from vmdirac.db.job_logging_db import JobLoggingDB, LogRecord
 from vmdirac.db.sandbox_metadata_db import SandboxMetadataDB
 from vmdirac.db.task_queue_db import TaskQueueDB
 from vmdirac.wms import jdl as J
+from vmdirac.wms import job_description as D
 from vmdirac.wms.job_status import ACTIVE, FINAL, JobStatus as S, MinorStatus as M
 from vmdirac.wms.matching import CPU_SEGMENTS, JobRequirements
 
@@ -40,7 +41,7 @@ class Prepared:
     """A checked job ready to store: its description, requirements and sandboxes."""
 
     attrs: dict[str, Any]
-    desc: J.JobDescription
+    desc: D.JobDescription
     requirements: JobRequirements
     input_sandboxes: list[str]
 
@@ -71,7 +72,7 @@ class JobStore:
             where = f"job {n}: " if len(jdl_texts) > 1 else ""
             try:
                 attrs = J.parse(text)
-                expanded = J.expand_parametric(attrs, limits.max_parametric)
+                expanded = D.expand_parametric(attrs, limits.max_parametric)
             except (InvalidJDL, QuotaExceeded) as e:
                 raise type(e)(where + e.message) from e
             for one in expanded:
@@ -84,7 +85,7 @@ class JobStore:
         return out
 
     def _check(self, caller: Caller, attrs: dict[str, Any]) -> Prepared:
-        desc = J.JobDescription.from_attrs(attrs)
+        desc = D.JobDescription.from_attrs(attrs)
         if desc.cpu_time > CPU_SEGMENTS[-1]:
             raise InvalidJDL(f"CPUTime {desc.cpu_time} is over the maximum of {CPU_SEGMENTS[-1]} s")
         if desc.number_of_processors > MAX_CORES:
@@ -117,7 +118,7 @@ class JobStore:
         new, records, tq_entries, links = [], [], [], []
         for offset, (p, original) in enumerate(prepared):
             job_id = first + offset
-            attrs = J.substitute_job_id(p.attrs, job_id)
+            attrs = D.substitute_job_id(p.attrs, job_id)
             attrs.update({"JobID": job_id, "Owner": caller.username, "OwnerDN": caller.dn,
                           "OwnerGroup": caller.group, "VirtualOrganization": caller.vo})
             d = p.desc

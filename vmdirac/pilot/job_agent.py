@@ -36,7 +36,7 @@ from vmdirac.core.exceptions import (
 )
 from vmdirac.pilot.config import Connection, PilotOptions
 from vmdirac.pilot.job_wrapper import JobLost, JobWrapper, MatchedJob, Outcome, Reporter
-from vmdirac.wms.jdl import JobDescription
+from vmdirac.wms.job_description import JobDescription
 from vmdirac.wms.job_status import JobStatus as S
 
 log = logging.getLogger(__name__)

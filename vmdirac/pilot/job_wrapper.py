@@ -32,7 +32,7 @@ from vmdirac.pilot.payload import (
     resolve_executable,
 )
 from vmdirac.pilot.watchdog import Limits, Watchdog, describe_exit
-from vmdirac.wms.jdl import JobDescription
+from vmdirac.wms.job_description import JobDescription
 from vmdirac.wms.job_status import JobStatus as S, MinorStatus as M
 from vmdirac.wms.sandbox_client import download_sandbox, make_tarball, sandbox_url
 
