@@ -24,6 +24,9 @@ COMMANDS = {
     "dirac-vm-instance-history": "vmdirac.cli.vm_instance_history:main",
     "dirac-vm-instance-stop": "vmdirac.cli.vm_instance_stop:main",
     "dirac-vm-pods": "vmdirac.cli.vm_pods:main",
+    "dirac-vm-endpoint-status": "vmdirac.cli.vm_endpoint_status:main",
+    "dirac-accounting-report": "vmdirac.cli.accounting_report:main",
+    "dirac-web-login": "vmdirac.cli.web_login:main",
 }
 
 setup(
@@ -41,6 +44,11 @@ setup(
         "pyyaml>=6",
     ],
     # hypothesis: property tests of the JDL parser (inputs are many, as STYLE.md asks).
-    extras_require={"test": ["pytest>=8", "hypothesis>=6"]},
+    # playwright: drives Debian's /usr/bin/chromium in the web portal's browser tests (never
+    # `playwright install`: the tests launch the system browser and skip without it).
+    # moto[server]: the EC2 emulator the ec2 driver is tested against (tests/clouds/moto_ec2.py).
+    # mimic: Rackspace's keystone v2 + nova emulator the openstack driver's v2 path is tested
+    # against (tests/clouds/mimic_nova.py), started as a real server (twistd).
+    extras_require={"test": ["pytest>=8", "hypothesis>=6", "playwright>=1.40", "moto[server]>=5.0", "mimic>=2.2"]},
     entry_points={"console_scripts": [f"{name}={target}" for name, target in COMMANDS.items()]},
 )

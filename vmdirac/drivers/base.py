@@ -59,6 +59,34 @@ class Limits:
     used_cores: int | None = None
 
 
+@dataclass(frozen=True)
+class Flavor:
+    """What the endpoint says of a flavor / instance type / service offering."""
+    name: str
+    cores: int | None = None
+    ram_mb: int | None = None
+    price_per_hour: float | None = None
+
+
+@dataclass(frozen=True)
+class ImageCheck:
+    """One configured image of an endpoint: does the endpoint know its image and flavor?"""
+    image: str                   # our name (Images/<name>)
+    image_id: str
+    image_ok: bool | None        # None: not checked (the driver cannot tell)
+    flavor: str
+    flavor_ok: bool | None
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """``Driver.check``: authentication, then each configured image and flavor."""
+    auth_ok: bool
+    reason: str = ""
+    images: tuple[ImageCheck, ...] = ()
+
+
 class DriverError(VMDiracError):
     """Base of the errors a driver raises; the scheduler backs off on them."""
 
@@ -114,13 +142,30 @@ class Driver(abc.ABC):
     def limits(self) -> Limits:
         return Limits()
 
+    def flavor(self, name: str) -> Flavor | None:
+        """Cores, RAM and price of a flavor as the endpoint states them; None when it cannot tell."""
+        return None
+
+    def check(self) -> CheckResult:
+        """Authentication, image and flavor of every configured image, without booting anything.
+
+        This default fits the local cloud: listing our VMs proves the endpoint answers, and it runs
+        any image and flavor (nothing to look up). Cloud drivers look their images and flavors up."""
+        try:
+            self.list_nodes()
+        except DriverError as e:
+            return CheckResult(False, f"{type(e).__name__}: {e.message}")
+        return CheckResult(True, "", tuple(
+            ImageCheck(name, img.ImageID, None, img.Flavor, None, "any image runs here")
+            for name, img in sorted(self.endpoint.images.items())))
+
 
 DRIVERS = {
     "local": "vmdirac.drivers.local:LocalDriver",
     "ec2": "vmdirac.drivers.ec2:EC2Driver",
     "openstack": "vmdirac.drivers.openstack:OpenStackDriver",
     "cloudstack": "vmdirac.drivers.cloudstack:CloudStackDriver",
-    "opennebula": "vmdirac.drivers.opennebula:OpenNebulaDriver",
+    "opennebula": "vmdirac.drivers.opennebula:opennebula_driver",   # XML-RPC or OCCI (Driver/API)
 }
 
 

@@ -317,3 +317,33 @@ class VirtualMachineManagerService(Service):
             first = next(iter(refused))
             raise NotAuthorized(refused[first], instance_id=first)
         return [i for i in ids if i in known], refused
+
+    @export(properties=("Operator",))
+    async def checkEndpoints(self, caller: Caller, endpoint: str = "") -> list[dict]:
+        """``dirac-vm-endpoint-status``: for each configured cloud endpoint (or only ``endpoint``,
+        "<Site>/<Endpoint>"), whether its driver authenticates and finds each image and flavor.
+        One row per image (one per endpoint when authentication fails). Drivers block: each check
+        runs in the executor, on a driver object of its own."""
+        from vmdirac.drivers.base import make_driver
+
+        known = vmconfig.endpoints(self.context.config.current)
+        if endpoint and endpoint not in known:
+            raise NotFound(f"no endpoint {endpoint} (Resources/Sites/<Site>/Cloud/<Endpoint>)", endpoint=endpoint)
+        deployment = await asyncio.to_thread(self.db.deployment_id)
+
+        def check(ep: vmconfig.Endpoint) -> list[dict]:
+            row = {"Endpoint": ep.name, "Type": ep.options.Type}
+            try:
+                result = make_driver(ep, deployment, self.context.paths.root / "clouds" / ep.name.replace("/", "_")).check()
+            except Exception as e:   # a driver that cannot even be made is a row, not a failed call
+                return [{**row, "Auth": False, "Image": "", "ImageID": "", "ImageOK": None, "Flavor": "",
+                         "FlavorOK": None, "Reason": f"{type(e).__name__}: {getattr(e, 'message', e)}"}]
+            if not result.auth_ok or not result.images:
+                return [{**row, "Auth": result.auth_ok, "Image": "", "ImageID": "", "ImageOK": None, "Flavor": "",
+                         "FlavorOK": None, "Reason": result.reason}]
+            return [{**row, "Auth": True, "Image": i.image, "ImageID": i.image_id, "ImageOK": i.image_ok,
+                     "Flavor": i.flavor, "FlavorOK": i.flavor_ok, "Reason": i.reason} for i in result.images]
+
+        names = [endpoint] if endpoint else sorted(known)
+        results = await asyncio.gather(*(asyncio.to_thread(check, known[n]) for n in names))
+        return [row for rows in results for row in rows]
