@@ -43,6 +43,9 @@ setup(
         "apache-libcloud>=3.8",
         "pyyaml>=6",
     ],
+        # Accounting plots (Accounting/DataStore.getPlot, the portal's "Load vs Jobs") as PNG,
+        # drawn server side with the Agg backend: no display, no browser charting library.
+        "matplotlib>=3.8",
     # hypothesis: property tests of the JDL parser (inputs are many, as STYLE.md asks).
     # playwright: drives Debian's /usr/bin/chromium in the web portal's browser tests (never
     # `playwright install`: the tests launch the system browser and skip without it).

@@ -12,6 +12,8 @@ SERVICES: dict[str, str] = {
     "WorkloadManagement/SandboxStore": "vmdirac.services.sandbox_store:SandboxStoreService",
     "WorkloadManagement/VirtualMachineManager":
         "vmdirac.services.virtual_machine_manager:VirtualMachineManagerService",
+    "Accounting/DataStore": "vmdirac.services.data_store:DataStoreService",
+    "Framework/ProxyManager": "vmdirac.services.proxy_manager:ProxyManagerService",
 }
 
 AGENTS: dict[str, str] = {

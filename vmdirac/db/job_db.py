@@ -134,6 +134,21 @@ class JobFilter:
         for name, allowed in self.values.items():
             if name not in FILTERABLE:
                 raise InvalidArgument(f"cannot select jobs by {name}; use one of {', '.join(FILTERABLE)}")
+# Final statuses that write the job's accounting record (Deleted and Completed do not: a job is
+# accounted when its run ends, once).
+ACCOUNTED = ("Done", "Failed", "Killed")
+
+
+@dataclass(frozen=True)
+class MatchedJob:
+    """A job a pilot has claimed: who took it, where, and the parameters to record
+    (Endpoint, Image, InstanceID)."""
+
+    job_id: int
+    matched_by: str
+    pilot_reference: str
+    site: str = ""                     # "" keeps the job's Site
+    parameters: dict[str, str] = field(default_factory=dict)
             parts.append(jobs.c[name].in_(list(allowed)))
         if self.time_column not in TIME_COLUMNS:
             raise InvalidArgument(f"{self.time_column} is not a time attribute")
@@ -176,6 +191,8 @@ class JobDB(BaseDB):
             conn.execute(insert(job_parameters), params)
         if records:
             conn.execute(insert(logging_info), [r.row() for r in records])
+        from vmdirac.db import accounting_db   # set_status writes the record of a job that ends
+        accounting_db.create_tables(self.engine)
 
     # ------------------------------------------------------------ reading
 
@@ -315,6 +332,9 @@ class JobDB(BaseDB):
             return
         conn.execute(delete(job_parameters).where(and_(job_parameters.c.JobID == job_id,
                                                        job_parameters.c.Name.in_(list(params)))))
+        if new_status in ACCOUNTED and new_status != current:   # its accounting record, in this transaction
+            from vmdirac.db.accounting_db import record_job
+            record_job(conn, job_id)
         conn.execute(insert(job_parameters), [{"JobID": job_id, "Name": k[:100], "Value": str(v)}
                                               for k, v in params.items()])
 

@@ -1,0 +1,1 @@
+"""Accounting reports (pure: buckets, series) and their plots (matplotlib, PNG)."""
