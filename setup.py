@@ -34,6 +34,7 @@ setup(
     version="0.1.0",
     description="DIRAC workload management with the VMDIRAC cloud extension, rebuilt in Python",
     packages=find_packages(include=["vmdirac", "vmdirac.*"]),
+    package_data={"vmdirac.web": ["templates/*.html", "static/*.js", "static/*.css"]},
     python_requires=">=3.11",
     install_requires=[
         "tornado>=6.3",
@@ -42,10 +43,10 @@ setup(
         "cryptography>=42",
         "apache-libcloud>=3.8",
         "pyyaml>=6",
-    ],
         # Accounting plots (Accounting/DataStore.getPlot, the portal's "Load vs Jobs") as PNG,
         # drawn server side with the Agg backend: no display, no browser charting library.
         "matplotlib>=3.8",
+    ],
     # hypothesis: property tests of the JDL parser (inputs are many, as STYLE.md asks).
     # playwright: drives Debian's /usr/bin/chromium in the web portal's browser tests (never
     # `playwright install`: the tests launch the system browser and skip without it).

@@ -85,7 +85,7 @@ def test_cert_init_makes_a_usable_pki(install):
 
 def test_server_proxies_and_configuration_end_to_end(install):
     install.start(command("vmdirac-server"), "--root", str(install.root), "-c",
-                  str(ROOT / "etc" / "vmdirac.yaml"), "--port", "0")
+                  str(ROOT / "etc" / "vmdirac.yaml"), "--port", "0", "--web-port", "0")
     done = install.run("dirac-proxy-init", "-g", "dirac_admin", "-v", "2:30")
     assert done.returncode == 0, done.stderr
     assert "in group dirac_admin" in done.stdout

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from vmdirac.core.agent import Agent, AgentOptions
 from vmdirac.core.db import utcnow
 from vmdirac.db.sandbox_metadata_db import SandboxInfo, SandboxMetadataDB, UnusedSandbox
-from vmdirac.services.sandbox_store import SandboxFiles, store_options
+from vmdirac.db.sandbox_files import SandboxFiles, store_options
 
 BATCH = 500                      # sandboxes per transaction
 STALE_UPLOAD_S = 24 * 3600       # a half-received upload older than this was abandoned

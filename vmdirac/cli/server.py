@@ -39,9 +39,13 @@ def main(argv: list[str] | None = None) -> int:
                "vmdirac-server --root run --config etc/vmdirac.yaml")
     add_common(p)
     p.add_argument("--no-agents", action="store_true", help="serve the services only")
+    p.add_argument("--web-port", type=int, default=None,
+                   help="web portal HTTPS port (default: Local/WebPort; 0: any free port)")
+    p.add_argument("--no-web", action="store_true", help="do not serve the web portal")
     args = p.parse_args(argv)
     context, tree = prepare(args, "vmdirac-server")
     services = make_services(context, configured("Services", tree))
     agents = [] if args.no_agents else make_agents(context, configured("Agents", tree))
-    asyncio.run(run_components(context, services, agents, args.port))
+    web_port = -1 if args.no_web else (context.local.WebPort if args.web_port is None else args.web_port)
+    asyncio.run(run_components(context, services, agents, args.port, web_port=web_port))
     return 0

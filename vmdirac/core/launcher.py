@@ -55,6 +55,9 @@ class LocalOptions:
     LogFile: str = ""
     MaxWorkers: int = 32
     MaxBodyBytes: int = 16 * 1024 * 1024
+    WebPort: int = -1              # vmdirac-server's web portal port (0: any free port, -1: none)
+    WebSessionHours: float = 12.0  # how long a portal session lasts
+    WebLoginMinutes: float = 5.0   # how long a dirac-web-login link may be used (once)
 
 
 @dataclass
@@ -171,8 +174,9 @@ def make_agents(context: Context, names: list[str]) -> list[Agent]:
 
 
 async def run_components(context: Context, services: list[Service], agents: list[Agent],
-                         port: int | None = None, ready: Any = None) -> None:
-    """Serve ``services`` and run ``agents`` until SIGTERM or SIGINT, then stop gracefully."""
+                         port: int | None = None, ready: Any = None, web_port: int | None = None) -> None:
+    """Serve ``services`` and run ``agents`` until SIGTERM or SIGINT, then stop gracefully.
+    With ``web_port`` (0: any free port; None or negative: none) the web portal too."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -198,6 +202,14 @@ async def run_components(context: Context, services: list[Service], agents: list
                     log.exception("configuration refresh failed; keeping version %d",
                                   context.config.current.version)
         refresher = asyncio.ensure_future(refresh_config())
+    portal = None
+    if web_port is not None and web_port >= 0:
+        from vmdirac.web.app import Portal  # imported here: a service-only process never loads it
+
+        portal = Portal(context)
+        bound_web = portal.listen(web_port, context.local.Host)
+        log.info("web portal listening on https://%s:%d/", context.local.Host or "0.0.0.0", bound_web)
+        print(f"vmdirac: portal on https://{context.local.Host or 'localhost'}:{bound_web}/", flush=True)
     threads = []
     for agent in agents:
         t = threading.Thread(target=agent.run, name=agent.full_name(), daemon=True)
@@ -213,6 +225,8 @@ async def run_components(context: Context, services: list[Service], agents: list
     context.notifier.wake_all()
     for agent in agents:
         agent.stop()
+    if portal is not None:
+        await portal.stop()
     if server is not None:
         refresher.cancel()
         await server.stop()

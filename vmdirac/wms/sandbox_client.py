@@ -12,6 +12,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import http.client
+import json
 import os
 import select
 import sys
@@ -217,7 +218,10 @@ def upload_sandbox(credentials: ClientCredentials, url: str, tar_path: Path,
     """
     tar_path = Path(tar_path)
     size = tar_path.stat().st_size
-    query = urllib.parse.urlencode({"checksum": file_sha256(tar_path), "size": size, "name": tar_path.name})
+    fields = {"checksum": file_sha256(tar_path), "size": size, "name": tar_path.name}
+    if credentials.delegate:  # a TrustedHost (the web portal) uploading for a user
+        fields["extraCredentials"] = json.dumps(list(credentials.delegate))
+    query = urllib.parse.urlencode(fields)
     conn, path = _connect(credentials, sandbox_url(url, "upload"), timeout)
     try:
         conn.putrequest("PUT", f"{path}?{query}", skip_accept_encoding=True)

@@ -1,0 +1,1 @@
+"""The web portal: Job Monitor, Launch Pad, Proxy upload, Virtual Machines, Accounting."""
