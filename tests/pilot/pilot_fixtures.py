@@ -185,15 +185,16 @@ def publish_urls(server) -> None:
 def record_offers(server) -> list[Offer]:
     """Every claim the Matcher attempts, in order (wrapped on the live service object)."""
     matcher = next(s for s in server.services if s.name == "Matcher")
-    original = matcher._match
+    original = matcher._match_batch
     offers: list[Offer] = []
 
-    def recording(conn, caller, res):
-        got = original(conn, caller, res)
-        offers.append(Offer(caller.dn, res.cores, res.cpu_time, got["JobID"] if got else None))
+    def recording(conn, requests):
+        got = original(conn, requests)
+        offers.extend(Offer(r.matched_by, r.res.cores, r.res.cpu_time, g["JobID"] if g else None)
+                      for r, g in zip(requests, got))
         return got
 
-    matcher._match = recording
+    matcher._match_batch = recording
     return offers
 
 

@@ -7,12 +7,13 @@ the logging record in the same transaction: no change without its "Logging info"
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import (
-    Column, Index, Integer, MetaData, bindparam, PrimaryKeyConstraint, String, Table, Text, and_, delete, func,
-    insert, select, update,
+    Column, Index, Integer, MetaData, bindparam, PrimaryKeyConstraint, String, Table, Text, and_, case, delete, func,
+    insert, select, tuple_, update,
 )
 from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import Connection
@@ -57,11 +58,11 @@ jobs = Table(
     Index("Jobs_Site", "Site"),
     Index("Jobs_JobGroup", "JobGroup"),
     Index("Jobs_LastUpdate", "LastUpdateTime"),
-)
     # The portal's first page (newest jobs of an owner, or of a VO for an operator): an index
     # range read backwards that stops after the page, instead of sorting all their jobs.
     Index("Jobs_Owner_JobID", "Owner", "JobID"),
     Index("Jobs_VO_JobID", "VO", "JobID"),
+)
 
 job_jdls = Table(
     "JobJDLs", metadata,
@@ -95,24 +96,59 @@ job_id_counter = Table(
     Column("NextID", Integer, nullable=False),
 )
 
-# The Matcher's statements, built once (see JobDB.mark_matched).
-_MATCHED_VALUES = {"Status": "Matched", "MinorStatus": "Assigned", "ApplicationStatus": "Unknown",
-                   "LastUpdateTime": bindparam("now"), "MatchedBy": bindparam("matched_by"),
-                   "PilotReference": bindparam("pilot")}
-_MATCHED = (update(jobs).where(and_(jobs.c.JobID == bindparam("job"), jobs.c.Status == "Waiting"))
-            .values(**_MATCHED_VALUES))
-_MATCHED_WITH_SITE = (update(jobs).where(and_(jobs.c.JobID == bindparam("job"), jobs.c.Status == "Waiting"))
-                      .values(**_MATCHED_VALUES, Site=bindparam("site")))
+# The Matcher's statements (see JobDB.mark_matched); each runs once per batch of matches.
 _MATCHED_LOG = insert(logging_info).values(JobID=bindparam("job"), Status="Matched", MinorStatus="Assigned",
                                            ApplicationStatus="Unknown", StatusTime=bindparam("now"), Source="Matcher")
-_MATCHED_JOB = (select(jobs.c.Owner, jobs.c.OwnerDN, jobs.c.OwnerGroup, jobs.c.VO, job_jdls.c.JDL)
-                .join_from(jobs, job_jdls, job_jdls.c.JobID == jobs.c.JobID).where(jobs.c.JobID == bindparam("job")))
+
+
+@functools.cache
+def _matched_statements(size: int) -> tuple:
+    """The guarded UPDATE and the read of owner and JDL for a batch of ``size`` jobs (``_padded``),
+    built and compiled once per size. Plain binds ``j0, j1..``: an expanding IN, or a statement
+    built per batch, costs more Python than the rest of a match."""
+    ids = [bindparam(f"j{i}", type_=Integer) for i in range(size)]
+
+    def per_job(prefix: str) -> Any:
+        return case(*[(jobs.c.JobID == ids[i], bindparam(f"{prefix}{i}", type_=String)) for i in range(size)])
+
+    # The guard is wrapped in a function so that no index serves it: else SQLite (no
+    # statistics) reads every Waiting job through Jobs_Status instead of the ids it is given.
+    waiting = func.coalesce(jobs.c.Status, "") == "Waiting"
+    mark = (update(jobs).where(and_(jobs.c.JobID.in_(ids), waiting))
+            .values(Status="Matched", MinorStatus="Assigned", ApplicationStatus="Unknown",
+                    LastUpdateTime=bindparam("now"), MatchedBy=per_job("m"), PilotReference=per_job("p"),
+                    Site=func.coalesce(per_job("s"), jobs.c.Site)))   # a NULL site keeps the job's
+    read = (select(jobs.c.JobID, jobs.c.Owner, jobs.c.OwnerDN, jobs.c.OwnerGroup, jobs.c.VO, job_jdls.c.JDL)
+            .join_from(jobs, job_jdls, job_jdls.c.JobID == jobs.c.JobID).where(jobs.c.JobID.in_(ids)))
+    return mark, read
+
+
+def _padded(n: int) -> int:
+    """Batch sizes rounded up to a power of two (the last job repeated): a handful of statements
+    serve every size."""
+    return 1 << (n - 1).bit_length()
+
 
 # Attributes a caller may select, filter and sort on.
 ATTRIBUTES = tuple(c.name for c in jobs.columns)
 FILTERABLE = ("JobID", "Status", "MinorStatus", "ApplicationStatus", "Site", "Owner", "OwnerGroup",
               "JobGroup", "JobType", "VO", "JobName")
 TIME_COLUMNS = {"SubmissionTime", "LastUpdateTime", "StartExecTime", "EndExecTime", "HeartBeatTime"}
+# Final statuses that write the job's accounting record (Deleted and Completed do not: a job is
+# accounted when its run ends, once).
+ACCOUNTED = ("Done", "Failed", "Killed")
+
+
+@dataclass(frozen=True)
+class MatchedJob:
+    """A job a pilot has claimed: who took it, where, and the parameters to record
+    (Endpoint, Image, InstanceID)."""
+
+    job_id: int
+    matched_by: str
+    pilot_reference: str
+    site: str = ""                     # "" keeps the job's Site
+    parameters: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -138,21 +174,6 @@ class JobFilter:
         for name, allowed in self.values.items():
             if name not in FILTERABLE:
                 raise InvalidArgument(f"cannot select jobs by {name}; use one of {', '.join(FILTERABLE)}")
-# Final statuses that write the job's accounting record (Deleted and Completed do not: a job is
-# accounted when its run ends, once).
-ACCOUNTED = ("Done", "Failed", "Killed")
-
-
-@dataclass(frozen=True)
-class MatchedJob:
-    """A job a pilot has claimed: who took it, where, and the parameters to record
-    (Endpoint, Image, InstanceID)."""
-
-    job_id: int
-    matched_by: str
-    pilot_reference: str
-    site: str = ""                     # "" keeps the job's Site
-    parameters: dict[str, str] = field(default_factory=dict)
             parts.append(jobs.c[name].in_(list(allowed)))
         if self.time_column not in TIME_COLUMNS:
             raise InvalidArgument(f"{self.time_column} is not a time attribute")
@@ -170,6 +191,8 @@ class JobDB(BaseDB):
         super().create_tables()
         from vmdirac.db.job_logging_db import metadata as logging_metadata
         logging_metadata.create_all(self.engine)
+        from vmdirac.db import accounting_db   # set_status writes the record of a job that ends
+        accounting_db.create_tables(self.engine)
 
     @transaction
     def reserve_ids(self, conn: Connection, count: int) -> int:
@@ -195,8 +218,6 @@ class JobDB(BaseDB):
             conn.execute(insert(job_parameters), params)
         if records:
             conn.execute(insert(logging_info), [r.row() for r in records])
-        from vmdirac.db import accounting_db   # set_status writes the record of a job that ends
-        accounting_db.create_tables(self.engine)
 
     # ------------------------------------------------------------ reading
 
@@ -311,22 +332,39 @@ class JobDB(BaseDB):
         record = LogRecord(job_id, new_status, values.get("MinorStatus", cur_minor),
                            values.get("ApplicationStatus", cur_app), source, now)
         conn.execute(insert(logging_info).values(**record.row()))
+        if new_status in ACCOUNTED and new_status != current:   # its accounting record, in this transaction
+            from vmdirac.db.accounting_db import record_job
+            record_job(conn, job_id)
         return {"Status": new_status, "MinorStatus": record.minor_status, "ApplicationStatus": record.application_status}
 
-    def mark_matched(self, conn: Connection, job_id: int, values: dict[str, Any]) -> dict:
-        """``Waiting -> Matched / Assigned`` (the Matcher's hot path, inside its transaction): one
-        guarded UPDATE, the logging record, and what the pilot needs (owner and JDL)."""
+    def mark_matched(self, conn: Connection, matched: list[MatchedJob]) -> dict[int, dict]:
+        """``Waiting -> Matched / Assigned`` for claimed jobs (the Matcher's hot path, inside its
+        transaction), whatever their number in one guarded UPDATE, one INSERT of the logging
+        records and one read of what the pilots need (owner and JDL), plus their parameters.
+        Raises IllegalTransition, for all of them, if any is no longer Waiting."""
         now = utcnow()
-        stmt = _MATCHED_WITH_SITE if "Site" in values else _MATCHED
-        params = {"job": job_id, "now": now, "matched_by": values["MatchedBy"],
-                  "pilot": values["PilotReference"], "site": values.get("Site", "")}
-        if conn.execute(stmt, params).rowcount != 1:
+        ids = [m.job_id for m in matched]
+        size = _padded(len(matched))
+        mark, read = _matched_statements(size)
+        params: dict[str, Any] = {"now": now}
+        for i in range(size):
+            m = matched[min(i, len(matched) - 1)]
+            params.update({f"j{i}": m.job_id, f"m{i}": m.matched_by, f"p{i}": m.pilot_reference,
+                           f"s{i}": m.site or None})
+        done = conn.execute(mark, params).rowcount
+        if done != len(ids):
             from vmdirac.core.exceptions import IllegalTransition
-            raise IllegalTransition(f"job {job_id} is no longer Waiting", job_id=job_id)
-        conn.execute(_MATCHED_LOG, {"job": job_id, "now": now})
-        row = conn.execute(_MATCHED_JOB, {"job": job_id}).one()
-        return {"JobID": job_id, "JDL": row.JDL, "Owner": row.Owner, "OwnerDN": row.OwnerDN,
-                "OwnerGroup": row.OwnerGroup, "VO": row.VO}
+            what = f"job {ids[0]} is" if len(ids) == 1 else f"{len(ids) - done} of jobs {ids} are"
+            raise IllegalTransition(f"{what} no longer Waiting", job_id=ids[0])
+        conn.execute(_MATCHED_LOG, [{"job": job_id, "now": now} for job_id in ids])
+        named = [(m.job_id, name[:100], str(value)) for m in matched for name, value in m.parameters.items()]
+        if named:
+            conn.execute(delete(job_parameters).where(
+                tuple_(job_parameters.c.JobID, job_parameters.c.Name).in_([(j, n) for j, n, _ in named])))
+            conn.execute(insert(job_parameters), [{"JobID": j, "Name": n, "Value": v} for j, n, v in named])
+        return {row.JobID: {"JobID": row.JobID, "JDL": row.JDL, "Owner": row.Owner, "OwnerDN": row.OwnerDN,
+                            "OwnerGroup": row.OwnerGroup, "VO": row.VO}
+                for row in conn.execute(read, params)}
 
     @transaction
     def set_attributes(self, conn: Connection, job_id: int, values: dict[str, Any]) -> None:
@@ -338,9 +376,6 @@ class JobDB(BaseDB):
             return
         conn.execute(delete(job_parameters).where(and_(job_parameters.c.JobID == job_id,
                                                        job_parameters.c.Name.in_(list(params)))))
-        if new_status in ACCOUNTED and new_status != current:   # its accounting record, in this transaction
-            from vmdirac.db.accounting_db import record_job
-            record_job(conn, job_id)
         conn.execute(insert(job_parameters), [{"JobID": job_id, "Name": k[:100], "Value": str(v)}
                                               for k, v in params.items()])
 
