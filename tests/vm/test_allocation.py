@@ -63,3 +63,18 @@ def test_back_off_grows_and_resets():
     assert b.backed_off("A", 30) and not b.backed_off("A", 36)
     b.succeeded("A")
     assert not b.backed_off("A", 0) and b.failed("A", 0) == 10
+
+
+def test_what_a_failing_endpoint_could_not_take_goes_to_the_others_within_the_caps():
+    from vmdirac.vm.allocation import after_boots
+
+    demands = [pod(waiting_jobs=5, max_boots_per_cycle=3, max_instances=4)]
+    eps = {"A": EndpointCapacity("A", 1, 0, priority=2), "B": EndpointCapacity("B", 2, 0, priority=1)}
+    first = decide(demands, eps)
+    assert first == [Boot("p", "A"), Boot("p", "B"), Boot("p", "B")]
+    # A failed; B's two went through: a second decision may not use A, nor exceed the cycle cap.
+    demands, eps = after_boots(demands, eps, first[1:], {"A"})
+    assert eps["A"].backed_off and eps["B"].alive == 2 and demands[0].max_boots_per_cycle == 1
+    assert decide(demands, eps) == []                                   # B is full, A backed off
+    eps["B"] = EndpointCapacity("B", 3, 2, priority=1)
+    assert decide(demands, eps) == [Boot("p", "B")]                    # one left of the cycle cap

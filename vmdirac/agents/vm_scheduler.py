@@ -26,7 +26,7 @@ from vmdirac.logic.vm_credentials import issue_credential
 from vmdirac.services.wms_base import NEW_JOBS
 from vmdirac.vm import config as vmconfig
 from vmdirac.vm.config import pod_resource
-from vmdirac.vm.allocation import Backoff, Boot, EndpointCapacity, PodDemand, decide
+from vmdirac.vm.allocation import Backoff, Boot, EndpointCapacity, PodDemand, after_boots, decide
 from vmdirac.vm.instance_status import ALIVE, BOOTING, InstanceStatus as I
 
 log = logging.getLogger(__name__)
@@ -117,19 +117,28 @@ class VirtualMachineScheduler(Agent):
         snap = self.context.config.current
         self.vmdb.sync_pods(vmconfig.pods(snap), vmconfig.endpoints(snap))
         demands, capacity, pods, endpoints = self.gather(snap)
-        boots = decide(demands, capacity)
-        booted = failed = 0
-        for boot in boots:
-            if self.stopping:
+        booted: list[Boot] = []
+        wanted = failed = 0
+        for _ in range(2):  # a second round gives what a failing endpoint could not take to the others
+            boots = decide(demands, capacity)
+            wanted = max(wanted, len(booted) + len(boots))
+            done, failing = [], set()
+            for boot in boots:
+                if self.stopping:
+                    break
+                if boot.endpoint in failing:
+                    continue  # it failed earlier in this round
+                if self.boot(boot, pods[boot.pod], endpoints[boot.endpoint], snap):
+                    done.append(boot)
+                else:
+                    failed += 1
+                    failing.add(boot.endpoint)
+            booted += done
+            if not failing or self.stopping:
                 break
-            if self.backoff.backed_off(boot.endpoint, time.monotonic()):
-                continue  # it failed earlier in this cycle
-            if self.boot(boot, pods[boot.pod], endpoints[boot.endpoint], snap):
-                booted += 1
-            else:
-                failed += 1
-        if boots or failed:
-            self.log.info("booted %d VM(s), %d failed; wanted %d", booted, failed, len(boots))
+            demands, capacity = after_boots(demands, capacity, done, failing)
+        if wanted or failed:
+            self.log.info("booted %d VM(s), %d failed; wanted %d", len(booted), failed, wanted)
         self.contextualize_over_ssh(pods, endpoints, snap)
 
     def contextualize_over_ssh(self, pods: dict, endpoints: dict, snap) -> None:

@@ -11,7 +11,8 @@ cycle; endpoints are chosen by priority, then free capacity, skipping those back
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from collections import Counter
+from dataclasses import dataclass, field, replace
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,20 @@ def decide(demands: list[PodDemand], endpoints: dict[str, EndpointCapacity]) -> 
             room[best] -= 1
             boots.append(Boot(d.pod, best))
     return boots
+
+
+def after_boots(demands: list[PodDemand], endpoints: dict[str, EndpointCapacity], booted: list[Boot],
+                backed_off: set[str]) -> tuple[list[PodDemand], dict[str, EndpointCapacity]]:
+    """The state to decide again from, within one cycle, once ``booted`` went through and the
+    endpoints in ``backed_off`` failed: so the boots a failing endpoint could not take go to the
+    pod's other endpoints in the same cycle, within the same caps."""
+    per_pod = Counter(b.pod for b in booted)
+    per_endpoint = Counter(b.endpoint for b in booted)
+    demands = [replace(d, booting=d.booting + per_pod[d.pod], alive=d.alive + per_pod[d.pod],
+                       max_boots_per_cycle=max(0, d.max_boots_per_cycle - per_pod[d.pod])) for d in demands]
+    endpoints = {name: replace(ep, alive=ep.alive + per_endpoint[name], backed_off=ep.backed_off or name in backed_off)
+                 for name, ep in endpoints.items()}
+    return demands, endpoints
 
 
 @dataclass
