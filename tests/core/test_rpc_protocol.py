@@ -47,6 +47,7 @@ def test_wire_format_is_dirac_jencode(server):
     ("add", [1, 2, 3], "takes 2 argument(s), 3 given"),
     ("add", ["1", 2], "add: argument a: expected integer, got str"),
     ("add", [True, 2], "expected integer, got bool"),
+    ("add", [2**63, 2], "add: argument a: 9223372036854775808 does not fit a 64-bit integer"),
     ("join", [["a", 3]], "join: argument items[1]: expected string, got int"),
     ("join", "notalist", "args must be a JSON list"),
     ("scale", [{"x": "big"}], "values['x']: expected number"),

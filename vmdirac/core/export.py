@@ -73,6 +73,8 @@ def authorize(caller: Caller, allowed: frozenset[str], what: str) -> None:
 
 # ---------------------------------------------------------------- argument checking
 
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
 def _type_name(kind: Any) -> str:
     if kind is Any:
         return "any value"
@@ -122,6 +124,8 @@ def check_value(value: Any, kind: Any, where: str) -> Any:
             return float(value)
     elif kind is int:
         if isinstance(value, int) and not isinstance(value, bool):
+            if not INT64_MIN <= value <= INT64_MAX:   # no column or offset takes more: a clear error, not a 500
+                raise BadRequest(f"{where}: {value} does not fit a 64-bit integer")
             return value
     elif kind is dt.datetime:
         if isinstance(value, dt.datetime):

@@ -46,9 +46,13 @@ def parse_selection(select: dict[str, Any], filterable: Iterable[str], id_key: s
             raise InvalidArgument(f"cannot select {what} by {key}; use {', '.join(filterable)}, FromDate, ToDate")
         items = value if isinstance(value, list) else [value]
         if key == id_key:
-            if not all(isinstance(v, int) or (isinstance(v, str) and v.isdigit()) for v in items):
+            # isascii: str.isdigit also takes "²", which int() refuses.
+            if not all((isinstance(v, int) and not isinstance(v, bool)) or (isinstance(v, str) and v.isascii()
+                                                                          and v.isdigit()) for v in items):
                 raise InvalidArgument(f"{id_key} values must be integers")
             items = [int(v) for v in items]
+            if not all(0 <= v < 2**63 for v in items):
+                raise InvalidArgument(f"{id_key} values must be between 0 and 2**63 - 1")
         elif not all(isinstance(v, str) for v in items):
             raise InvalidArgument(f"{key} values must be strings")
         values[key] = tuple(items)
