@@ -135,7 +135,8 @@ def test_a_four_slot_pilot_runs_four_jobs_at_once_and_a_two_core_job_takes_two_s
     pilot = grid.start_pilot(slots=4)
     ids = grid.user("JobManager").submitJobs([job(**sh(barrier(tmp_path / "four", 4))) for _ in range(4)])
     for job_id in ids:
-        assert grid.wait_final(job_id)[:2] == ("Done", "Execution Complete"), grid.records(job_id)
+        assert grid.wait_final(job_id)[:2] == ("Done", "Execution Complete"), (grid.records(job_id),
+                                                                                grid.parameters(job_id))
     # One slot per job: each request offered what was still free.
     assert [cores for cores, _ in matches(grid, OTHER_HOST)] == [4, 3, 2, 1]
     assert sorted(j for _, j in matches(grid, OTHER_HOST)) == ids

@@ -13,7 +13,6 @@ from typing import Any
 
 from sqlalchemy import Column, Integer, MetaData, String, Table, insert, select, update
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import IntegrityError
 
 from vmdirac.core.db import BaseDB, UTCDateTime, transaction, utcnow
 
@@ -52,14 +51,11 @@ class EndpointStatusDB(BaseDB):
     metadata = metadata
 
     def _upsert(self, conn: Connection, endpoint: str, values: dict[str, Any]) -> None:
-        if conn.execute(update(endpoint_status).where(endpoint_status.c.Endpoint == endpoint)
-                        .values(**values)).rowcount:
-            return
-        try:
-            with conn.begin_nested():
-                conn.execute(insert(endpoint_status).values(Endpoint=endpoint, **values))
-        except IntegrityError:  # another scheduler wrote the first row meanwhile
-            conn.execute(update(endpoint_status).where(endpoint_status.c.Endpoint == endpoint).values(**values))
+        # Insert-if-absent, then update: no savepoint (a MySQL deadlock inside one ends the
+        # transaction, and the rollback to it then fails with an error that is not retried).
+        conn.execute(insert(endpoint_status).prefix_with("IGNORE", dialect="mysql")
+                     .prefix_with("OR IGNORE", dialect="sqlite").values(Endpoint=endpoint))
+        conn.execute(update(endpoint_status).where(endpoint_status.c.Endpoint == endpoint).values(**values))
 
     @transaction
     def failed(self, conn: Connection, endpoint: str, reason: str, backed_off_seconds: float) -> None:

@@ -18,7 +18,6 @@ from sqlalchemy import (
     Table, UniqueConstraint, and_, delete, exists, insert, select, update,
 )
 from sqlalchemy.engine import Connection, Row
-from sqlalchemy.exc import IntegrityError
 
 from vmdirac.core.db import BaseDB, UTCDateTime, transaction, utcnow
 from vmdirac.core.exceptions import InvalidArgument, NotAuthorized, NotFound
@@ -47,6 +46,8 @@ sandboxes = Table(
     Index("sb_SandBoxes_Owner", "Owner", "OwnerGroup"),
     Index("sb_SandBoxes_Unused", "Assigned", "LastAccessTime"),
 )
+_REGISTER_IF_NEW = (insert(sandboxes).prefix_with("IGNORE", dialect="mysql")
+                    .prefix_with("OR IGNORE", dialect="sqlite"))
 
 entity_mapping = Table(
     "sb_EntityMapping", metadata,
@@ -148,16 +149,13 @@ class SandboxMetadataDB(BaseDB):
         now = utcnow()
         c = sandboxes.c
         where = and_(c.SEName == se_name, c.SEPFN == pfn)
-        row_id = conn.execute(select(c.SBId).where(where).with_for_update()).scalar()
-        if row_id is None:
-            try:
-                with conn.begin_nested():
-                    row_id = conn.execute(insert(sandboxes).values(
-                        Owner=owner, OwnerGroup=group, VO=vo, SEName=se_name, SEPFN=pfn, Bytes=size,
-                        Checksum=checksum, RegistrationTime=now, LastAccessTime=now, Assigned=False,
-                    )).inserted_primary_key[0]
-            except IntegrityError:  # the same content registered by a concurrent upload
-                row_id = conn.execute(select(c.SBId).where(where).with_for_update()).scalar_one()
+        # Insert-if-absent, then lock the row: concurrent uploads of the same content meet on the
+        # one row. (No savepoint: a MySQL deadlock inside one ends the whole transaction and the
+        # rollback to the savepoint then fails with an error that is not retried.)
+        conn.execute(_REGISTER_IF_NEW.values(
+            Owner=owner, OwnerGroup=group, VO=vo, SEName=se_name, SEPFN=pfn, Bytes=size, Checksum=checksum,
+            RegistrationTime=now, LastAccessTime=now, Assigned=False))
+        row_id = conn.execute(select(c.SBId).where(where).with_for_update()).scalar_one()
         in_use = conn.execute(select(_has_links(row_id))).scalar()
         conn.execute(update(sandboxes).where(c.SBId == row_id).values(LastAccessTime=now, Assigned=bool(in_use)))
         if place is not None:
