@@ -50,6 +50,19 @@ class CounterDB(BaseDB):
                 pass
         conn.execute(update(counters).where(counters.c.Name == second).values(Value=counters.c.Value + 1))
 
+    @transaction
+    def cross_in_savepoint(self, conn, first: str, second: str) -> None:
+        """``cross`` with its second lock taken inside a SAVEPOINT (as insert-or-select code does)."""
+        self.attempts += 1
+        conn.execute(update(counters).where(counters.c.Name == first).values(Value=counters.c.Value + 1))
+        if self.barrier is not None:
+            try:
+                self.barrier.wait(5)
+            except threading.BrokenBarrierError:
+                pass
+        with conn.begin_nested():
+            conn.execute(update(counters).where(counters.c.Name == second).values(Value=counters.c.Value + 1))
+
     @transaction(write=False)
     def get(self, conn, name: str):
         return conn.execute(select(counters.c.Value, counters.c.Stamp).where(counters.c.Name == name)).first()
@@ -189,4 +202,31 @@ def test_an_idle_connection_lost_is_replaced_before_use(mysql_url, monkeypatch, 
     with caplog.at_level("WARNING", logger="vmdirac.core.db"):
         assert d.get("k")[0] == 7
     assert not [r for r in caplog.records if "retrying" in r.getMessage()]
+    engine.dispose()
+
+
+def test_a_deadlock_inside_a_savepoint_is_retried(mysql_url):
+    """MySQL ends the whole transaction on a deadlock: the rollback to the savepoint then fails
+    ("SAVEPOINT ... does not exist"), and the deadlock behind it must still be retried."""
+    engine = make_engine(mysql_url)
+    d = CounterDB(engine, threading.Barrier(2))
+    d.create_tables()
+    d.add("a")
+    d.add("b")
+    errors = []
+
+    def run(first, second):
+        try:
+            d.cross_in_savepoint(first, second)
+        except Exception as e:  # pragma: no cover
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=pair) for pair in (("a", "b"), ("b", "a"))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert d.attempts >= 3
+    assert d.get("a")[0] == 2 and d.get("b")[0] == 2
     engine.dispose()

@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 5
 IDLE_PING_SECONDS = 30.0   # MySQL: a pooled connection idle this long is pinged before use
 _RETRY_MYSQL = {1213, 1205, 2006, 2013}  # deadlock, lock wait timeout, server gone, lost connection
+_SAVEPOINT_GONE = 1305
 
 
 class UTCDateTime(TypeDecorator):
@@ -128,13 +129,24 @@ def make_engine(url: str) -> Engine:
     raise ConfigurationError(f"unsupported database backend {backend!r} (use sqlite or mysql+pymysql)")
 
 
-def _retryable(err: DBAPIError) -> bool:
+def _retryable(err: BaseException | None) -> bool:
+    if not isinstance(err, DBAPIError):
+        return False
     if err.connection_invalidated:
         return True
     orig = err.orig
     code = orig.args[0] if getattr(orig, "args", None) else None
     if isinstance(code, int) and code in _RETRY_MYSQL:
         return True
+    if isinstance(code, int) and code == _SAVEPOINT_GONE:
+        # A deadlock inside a SAVEPOINT ends the whole transaction on MySQL; the rollback to the
+        # savepoint then fails with this, and the deadlock is only in its context chain.
+        cause, depth = err.__context__, 0
+        while cause is not None and depth < 8:
+            if isinstance(cause, DBAPIError) and cause is not err and _retryable(cause):
+                return True
+            cause, depth = cause.__context__, depth + 1
+        return False
     return isinstance(err, OperationalError) and "database is locked" in str(orig)
 
 
