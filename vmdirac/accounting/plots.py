@@ -53,6 +53,7 @@ def report_png(report: Mapping) -> bytes:
     width_s = int(report["bucket_seconds"])
     groups = top_groups(report["series"])
     total = totals({"series": groups})
+    end = _utc(times[-1] + width_s) if times else None
     with _LOCK:
         fig = Figure(figsize=SIZE, dpi=DPI)
         ax = fig.add_subplot(1, 1, 1)
@@ -61,7 +62,7 @@ def report_png(report: Mapping) -> bytes:
         bar_width = dt.timedelta(seconds=width_s * 0.9) / dt.timedelta(days=1)   # in days, matplotlib's unit
         colors = _colors(len(groups))
         many = len(times) > MAX_BARS
-        edges = [*xs, _utc(times[-1] + width_s)] if times else []
+        edges = [*xs, end] if times else []
         for (group, values), color in zip(groups.items(), colors):
             label = f"{group or '(none)'}  {_figure(total[group])}"
             top = [b + v for b, v in zip(bottom, values)]
@@ -72,14 +73,13 @@ def report_png(report: Mapping) -> bytes:
                 ax.bar(xs, values, width=bar_width, bottom=bottom, align="edge", color=color, label=label,
                        linewidth=0)
             bottom = top
-        span = (f"{_utc(times[0]):%Y-%m-%d %H:%M} to {_utc(times[-1] + width_s):%Y-%m-%d %H:%M} UTC"
-                if times else "")
+        span = f"{xs[0]:%Y-%m-%d %H:%M} to {end:%Y-%m-%d %H:%M} UTC" if times else ""
         ax.set_title(f"{report['title']} by {report['grouping']}\n{span}, "
                      f"{'daily' if width_s >= DAY else 'hourly'} buckets", fontsize=11)
         ax.set_ylabel(report["unit"])
         ax.set_ylim(bottom=0)
         if xs:
-            ax.set_xlim(xs[0], _utc(times[-1] + width_s))
+            ax.set_xlim(xs[0], end)
         ax.grid(axis="y", alpha=0.3)
         fig.autofmt_xdate()
         if groups:

@@ -18,6 +18,7 @@ from vmdirac.contexts import VMContext, boot_user_data, make_context
 from vmdirac.contexts.ssh import SSHError, SSHTarget, SSHUnreachable, contextualize, probe
 from vmdirac.core.agent import Agent, AgentOptions
 from vmdirac.core.exceptions import VMDiracError
+from vmdirac.core.tls import ca_files
 from vmdirac.db.endpoint_status_db import EndpointStatusDB
 from vmdirac.db.task_queue_db import TaskQueueDB
 from vmdirac.db.virtual_machine_db import VirtualMachineDB
@@ -235,5 +236,4 @@ class VirtualMachineScheduler(Agent):
     def ca_pem(self) -> bytes:
         """The CA certificates the VM must trust to talk to us."""
         location = Path(self.context.local.CACertificates or self.context.paths.ca_dir)
-        files = sorted(p for p in location.iterdir() if p.suffix in (".pem", ".crt", ".0")) if location.is_dir() else [location]
-        return b"".join(f.read_bytes() for f in files)
+        return b"".join(f.read_bytes() for f in ca_files(location))

@@ -19,10 +19,16 @@ from vmdirac.core.exceptions import SecurityError
 _NO_CHECK_TIME = 0x200000
 
 
+def ca_files(ca_location: str | Path) -> list[Path]:
+    """The CA certificate files of a location: the file itself, or the PEM files of a directory."""
+    path = Path(ca_location)
+    return sorted(p for p in path.iterdir() if p.suffix in (".pem", ".crt", ".0")) if path.is_dir() else [path]
+
+
 def load_ca(ctx: ssl.SSLContext, ca_location: str | Path) -> None:
     """Trust every PEM certificate in a file or in the files of a directory (no hash links needed)."""
     path = Path(ca_location)
-    files = sorted(p for p in path.iterdir() if p.suffix in (".pem", ".crt", ".0")) if path.is_dir() else [path]
+    files = ca_files(path)
     loaded = 0
     for f in files:
         try:

@@ -205,6 +205,11 @@ def _conditions(table: Table, names: Mapping[str, str], conditions: Mapping[str,
     return out
 
 
+def _records(kind: str) -> tuple[Table, dict[str, str]]:
+    """The table and the attribute names of a record type ("Job"; anything else: VM)."""
+    return (job_records, JOB_GROUPINGS) if kind == "Job" else (vm_records, VM_GROUPINGS)
+
+
 class AccountingDB(BaseDB):
     metadata = metadata
 
@@ -246,7 +251,7 @@ class AccountingDB(BaseDB):
 
     @transaction(write=False)
     def count(self, conn: Connection, kind: str) -> int:
-        table = job_records if kind == "Job" else vm_records
+        table, _names = _records(kind)
         return conn.execute(select(func.count()).select_from(table)).scalar_one()
 
     @transaction(write=False)
@@ -286,20 +291,20 @@ class AccountingDB(BaseDB):
         q = select(c[col], c.StartTime, c.EndTime).where(
             c.StartTime < sel.end, c.EndTime > sel.start, *_conditions(vm_records, VM_GROUPINGS, sel.conditions))
         out = [(str(g), s, e) for g, s, e in conn.execute(q)]
-        if alive:
+        now = utcnow()
+        if alive and now > sel.start:   # a window wholly in the future has no VM up yet
             i = instances.c
-            now = utcnow()
             live = select(i[col], i.Submitted).where(
                 i.Status.in_(sorted(s.value for s in ALIVE)), i.Submitted.is_not(None), i.Submitted < sel.end,
                 *_conditions(instances, VM_GROUPINGS, sel.conditions))
-            out += [(str(g), s, now) for g, s in conn.execute(live) if now > sel.start]
+            out += [(str(g), s, now) for g, s in conn.execute(live)]
         return out
 
     @transaction(write=False)
     def distinct(self, conn: Connection, kind: str, attribute: str, conditions: Mapping[str, Iterable[str]],
                  since: dt.datetime | None = None) -> list[str]:
         """Values of ``attribute`` among the records (the portal's selectors)."""
-        table, names = (job_records, JOB_GROUPINGS) if kind == "Job" else (vm_records, VM_GROUPINGS)
+        table, names = _records(kind)
         if attribute not in names:
             raise InvalidArgument(f"{kind} records have no attribute {attribute}; use {', '.join(names)}")
         col = table.c[names[attribute]]

@@ -60,10 +60,8 @@ class EndpointStatusDB(BaseDB):
     @transaction
     def failed(self, conn: Connection, endpoint: str, reason: str, backed_off_seconds: float) -> None:
         now = utcnow()
-        failures = conn.execute(select(endpoint_status.c.Failures)
-                                .where(endpoint_status.c.Endpoint == endpoint)).scalar() or 0
         self._upsert(conn, endpoint, {
-            "Failures": failures + 1, "LastError": reason[:1024], "LastErrorTime": now,
+            "Failures": endpoint_status.c.Failures + 1, "LastError": reason[:1024], "LastErrorTime": now,
             "BackedOffUntil": now + dt.timedelta(seconds=backed_off_seconds)})
 
     @transaction

@@ -69,11 +69,11 @@ class WebDB(BaseDB):
     def claim_login_token(self, conn: Connection, token: str) -> tuple[str, str] | None:
         """``(DN, group)`` of an unused, unexpired token, marking it used; else None (used,
         expired or unknown alike). The UPDATE's row count is the claim."""
-        t = web_login_tokens.c
-        where = and_(t.TokenHash == digest(token), t.Used == 0, t.Expires > utcnow())
+        t, token_hash = web_login_tokens.c, digest(token)
+        where = and_(t.TokenHash == token_hash, t.Used == 0, t.Expires > utcnow())
         if conn.execute(update(web_login_tokens).where(where).values(Used=1)).rowcount != 1:
             return None
-        row = conn.execute(select(t.DN, t.UserGroup).where(t.TokenHash == digest(token))).one()
+        row = conn.execute(select(t.DN, t.UserGroup).where(t.TokenHash == token_hash)).one()
         return row.DN, row.UserGroup
 
     # ------------------------------------------------------------ sessions

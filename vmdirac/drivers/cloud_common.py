@@ -18,6 +18,7 @@ import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
+from urllib.parse import ParseResult, urlparse
 
 import yaml
 
@@ -227,9 +228,7 @@ class LibcloudDriver(Driver):
         log.info("terminated %s VM %s at %s", self.type_name, vm_id, self.endpoint.name)
 
     def list_nodes(self) -> list[Node]:
-        nodes = self.call("list", self._ours)
-        return [n for n in nodes if n.tags.get(DEPLOYMENT_TAG) == self.deployment
-                and n.state not in (NodeState.TERMINATED, NodeState.UNKNOWN)]
+        return alive_ours(self.call("list", self._ours), self.deployment)
 
     def check(self) -> CheckResult:
         try:
@@ -292,6 +291,37 @@ def libcloud_node(node: Any, tags: Mapping[str, str], state_map: Mapping[Any, No
                 public_ips=tuple(ip for ip in (node.public_ips or []) if ip),
                 private_ips=tuple(ip for ip in (node.private_ips or []) if ip),
                 tags={str(k): str(v) for k, v in (tags or {}).items()})
+
+
+def alive_ours(nodes: list[Node], deployment: str) -> list[Node]:
+    """The VMs of ``nodes`` tagged with ``deployment`` that neither are gone nor unknown."""
+    return [n for n in nodes if n.tags.get(DEPLOYMENT_TAG) == deployment
+            and n.state not in (NodeState.TERMINATED, NodeState.UNKNOWN)]
+
+
+def http_url(endpoint: str, url: str, form: str) -> tuple[ParseResult, bool, int]:
+    """``url`` parsed, whether it is https, and its port (the scheme's by default);
+    BadConfiguration ``endpoint <endpoint>: <form>`` unless it is http(s)://host..."""
+    parsed = urlparse(url)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise BadConfiguration(f"endpoint {endpoint}: {form}")
+    secure = parsed.scheme == "https"
+    return parsed, secure, parsed.port or (443 if secure else 80)
+
+
+def or_none(lookup: Callable[[str], T], ref: str) -> T | None:
+    """``lookup(ref)``, or None where it says BadConfiguration (no such image or flavor)."""
+    try:
+        return lookup(ref)
+    except BadConfiguration:
+        return None
+
+
+class Ref:
+    """What libcloud needs of an object it only refers to by id (a subnet, a network)."""
+
+    def __init__(self, id: str) -> None:
+        self.id = id
 
 
 def split_list(value: Any) -> list[str]:

@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import logging
 from typing import Any
-from urllib.parse import urlparse
 
 from vmdirac.drivers.base import (
     DEPLOYMENT_TAG, INSTANCE_TAG, AuthError, BadConfiguration, BootRequest, CapacityError, DriverError, Flavor,
     Limits, Node, NodeState, QuotaError, TransientError,
 )
-from vmdirac.drivers.cloud_common import QUOTA_WORDS, LibcloudDriver, split_list
+from vmdirac.drivers.cloud_common import QUOTA_WORDS, LibcloudDriver, Ref, http_url, or_none, split_list
 
 log = logging.getLogger(__name__)
 
@@ -64,12 +63,10 @@ class CloudStackDriver(LibcloudDriver):
         if not self.endpoint.options.URL:
             raise BadConfiguration(f"endpoint {self.endpoint.name}: URL (…/client/api) is required")
         key, secret = self.creds.require(self.endpoint.name, "api_key", "secret_key")
-        url = urlparse(self.endpoint.options.URL)
-        if url.scheme not in ("http", "https") or not url.hostname:
-            raise BadConfiguration(f"endpoint {self.endpoint.name}: URL is http(s)://host[:port]/client/api")
+        url, secure, port = http_url(self.endpoint.name, self.endpoint.options.URL,
+                                     "URL is http(s)://host[:port]/client/api")
         # libcloud's ``url=`` keeps https whatever the scheme says: give it the parts.
-        return CloudStackNodeDriver(key, secret, secure=url.scheme == "https", host=url.hostname,
-                                    port=url.port or (443 if url.scheme == "https" else 80),
+        return CloudStackNodeDriver(key, secret, secure=secure, host=url.hostname, port=port,
                                     path=url.path or "/client/api")
 
     def _classify(self, e: BaseException, message: str) -> type[DriverError] | None:
@@ -93,7 +90,7 @@ class CloudStackDriver(LibcloudDriver):
         template = self._template(request.image.ImageID)
         offering = self._offering(request.image.Flavor)
         zone = self._zone(opts.Zone)
-        networks = [_Ref(n) for n in split_list(opts.Network)]
+        networks = [Ref(n) for n in split_list(opts.Network)]
         node = conn.create_node(
             name=request.instance_name, ex_displayname=request.instance_name,
             size=NodeSize(offering["id"], offering["name"], None, None, None, None, conn),
@@ -123,16 +120,10 @@ class CloudStackDriver(LibcloudDriver):
         self.conn._async_request(command="destroyVirtualMachine", params={"id": vm_id}, method="GET")
 
     def _lookup_image(self, image_id: str) -> Any:
-        try:
-            return self._template(image_id)
-        except BadConfiguration:
-            return None
+        return or_none(self._template, image_id)
 
     def _lookup_flavor(self, flavor: str) -> Any:
-        try:
-            return self._offering(flavor)
-        except BadConfiguration:
-            return None
+        return or_none(self._offering, flavor)
 
     # ------------------------------------------------------------ limits and flavors
 
@@ -185,8 +176,3 @@ class CloudStackDriver(LibcloudDriver):
         public = tuple(ip for ip in (vm.get("publicip"),) if ip)
         return Node(str(vm["id"]), tags.get(INSTANCE_TAG, vm.get("name", "")),
                     NODE_STATE_MAP.get(vm.get("state", ""), NodeState.UNKNOWN), public, private, tags)
-
-
-class _Ref:
-    def __init__(self, id: str) -> None:
-        self.id = id

@@ -18,13 +18,12 @@ from __future__ import annotations
 import hashlib
 import logging
 from typing import Any
-from urllib.parse import urlparse
 
 from vmdirac.drivers.base import (
     DEPLOYMENT_TAG, INSTANCE_TAG, AuthError, BadConfiguration, BootRequest, CapacityError, DriverError, Flavor,
     Limits, Node, NodeNotFound, NodeState, QuotaError, TransientError,
 )
-from vmdirac.drivers.cloud_common import LibcloudDriver, libcloud_node, split_list
+from vmdirac.drivers.cloud_common import LibcloudDriver, Ref, http_url, libcloud_node, split_list
 
 log = logging.getLogger(__name__)
 
@@ -81,11 +80,8 @@ class EC2Driver(LibcloudDriver):
         kwargs: dict[str, Any] = {"region": region, "signature_version": "4",
                                   "token": self.creds.get("session_token") or None}
         if opts.URL:
-            url = urlparse(opts.URL)
-            if url.scheme not in ("http", "https") or not url.hostname:
-                raise BadConfiguration(f"endpoint {self.endpoint.name}: URL {opts.URL!r} is not http(s)://host[:port]")
-            kwargs.update(secure=url.scheme == "https", host=url.hostname,
-                          port=url.port or (443 if url.scheme == "https" else 80))
+            url, secure, port = http_url(self.endpoint.name, opts.URL, f"URL {opts.URL!r} is not http(s)://host[:port]")
+            kwargs.update(secure=secure, host=url.hostname, port=port)
         try:
             return EC2NodeDriver(key, secret, **kwargs)
         except ValueError as e:   # an unknown region
@@ -119,7 +115,7 @@ class EC2Driver(LibcloudDriver):
         if opts.KeyName:
             kwargs["ex_keyname"] = opts.KeyName
         if opts.Network:
-            kwargs["ex_subnet"] = _Ref(opts.Network)
+            kwargs["ex_subnet"] = Ref(opts.Network)
         # Group ids go as SecurityGroupId (libcloud sends those only with a subnet), names as
         # SecurityGroup (EC2 takes names in the default VPC only); an id sent as a name is unknown.
         ids = [g for g in groups if g.startswith("sg-")]
@@ -211,10 +207,3 @@ class EC2Driver(LibcloudDriver):
         out = libcloud_node(node, tags)
         state = NODE_STATE_MAP.get(ec2_state, out.state)
         return Node(out.vm_id, tags.get(INSTANCE_TAG, out.name), state, out.public_ips, out.private_ips, out.tags)
-
-
-class _Ref:
-    """What libcloud's ``ex_subnet`` needs of a subnet: its id."""
-
-    def __init__(self, id: str) -> None:
-        self.id = id

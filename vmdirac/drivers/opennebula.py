@@ -25,13 +25,12 @@ import xml.etree.ElementTree as ET
 import xmlrpc.client
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import urlparse
 
 from vmdirac.drivers.base import (
     DEPLOYMENT_TAG, INSTANCE_TAG, AuthError, BadConfiguration, BootRequest, CapacityError, CheckResult, Driver,
     DriverError, ImageCheck, Limits, Node, NodeNotFound, NodeState, QuotaError, TransientError,
 )
-from vmdirac.drivers.cloud_common import QUOTA_WORDS, Credentials, split_list
+from vmdirac.drivers.cloud_common import QUOTA_WORDS, Credentials, alive_ours, http_url, split_list
 from vmdirac.vm.config import Endpoint
 
 log = logging.getLogger(__name__)
@@ -83,9 +82,7 @@ class OpenNebulaDriver(Driver):
         super().__init__(endpoint, deployment, Path(state_dir))
         self.creds = Credentials.load(endpoint)
         self.extra: dict[str, Any] = dict(endpoint.options.Driver or {})
-        url = urlparse(endpoint.options.URL)
-        if url.scheme not in ("http", "https") or not url.hostname:
-            raise BadConfiguration(f"endpoint {endpoint.name}: URL is http(s)://host:2633/RPC2")
+        http_url(endpoint.name, endpoint.options.URL, "URL is http(s)://host:2633/RPC2")
         self._local = threading.local()       # ServerProxy is not thread-safe: one per thread
 
     # ------------------------------------------------------------ the standard API
@@ -122,8 +119,7 @@ class OpenNebulaDriver(Driver):
         log.info("terminated OpenNebula VM %s at %s", vm_id, self.endpoint.name)
 
     def list_nodes(self) -> list[Node]:
-        return [n for n in self._pool() if n.tags.get(DEPLOYMENT_TAG) == self.deployment
-                and n.state not in (NodeState.TERMINATED, NodeState.UNKNOWN)]
+        return alive_ours(self._pool(), self.deployment)
 
     def limits(self) -> Limits:
         """The user's VM quota (``one.user.info``): -1 is the default quota, -2 unlimited."""
@@ -146,9 +142,9 @@ class OpenNebulaDriver(Driver):
         except DriverError as e:
             return CheckResult(False, f"{type(e).__name__}: {e.message}")
         out = []
+        template_id = self.extra.get("TemplateID")
         for name, img in sorted(self.endpoint.images.items()):
-            reasons = []
-            template_id = self.extra.get("TemplateID")
+            reasons: list[str] = []
             if template_id not in (None, ""):
                 image_ok = self._exists("one.template.info", int(template_id), reasons, f"template {template_id}")
                 out.append(ImageCheck(name, str(template_id), image_ok, img.Flavor, None, "; ".join(reasons)))
@@ -181,7 +177,8 @@ class OpenNebulaDriver(Driver):
         try:
             answer = getattr(self.proxy, method)(self._session(), *args)
         except xmlrpc.client.Fault as e:
-            raise by_text(self.creds.scrub(e.faultString), TransientError)(f"{where}: {self.creds.scrub(e.faultString)}") from None
+            fault = self.creds.scrub(e.faultString)
+            raise by_text(fault, TransientError)(f"{where}: {fault}") from None
         except xmlrpc.client.ProtocolError as e:
             cls = AuthError if e.errcode in (401, 403) else TransientError
             raise cls(f"{where}: HTTP {e.errcode} {e.errmsg}") from None
@@ -226,10 +223,7 @@ class OpenNebulaDriver(Driver):
 
     def _template(self, request: BootRequest, tags: dict[str, str]) -> str:
         image, opts = request.image, self.endpoint.options
-        context = {"USER_DATA": base64.b64encode(request.user_data).decode(), "USERDATA_ENCODING": "base64",
-                   "NETWORK": "YES", "SET_HOSTNAME": request.instance_name}
-        if opts.KeyName:
-            context["SSH_PUBLIC_KEY"] = opts.KeyName
+        context = boot_context(request, opts.KeyName)
         lines = [f'NAME="{_quote(request.instance_name)}"']
         if self.extra.get("TemplateID") in (None, ""):
             if not image.ImageID:
@@ -261,6 +255,15 @@ class OpenNebulaDriver(Driver):
         tags = {key: attrs[attr] for key, attr in TAG_ATTRS.items() if attr in attrs}
         ips = tuple(ip for ip in (n.findtext("IP") for n in vm.findall("TEMPLATE/NIC")) if ip)
         return Node(vm.findtext("ID") or "", tags.get(INSTANCE_TAG, vm.findtext("NAME") or ""), ours, (), ips, tags)
+
+
+def boot_context(request: BootRequest, key_name: str) -> dict[str, str]:
+    """The CONTEXT a VM boots with: our user data for cloud-init, its hostname, an SSH key."""
+    context = {"USER_DATA": base64.b64encode(request.user_data).decode(), "USERDATA_ENCODING": "base64",
+               "NETWORK": "YES", "SET_HOSTNAME": request.instance_name}
+    if key_name:
+        context["SSH_PUBLIC_KEY"] = key_name
+    return context
 
 
 def _quote(value: str) -> str:

@@ -22,15 +22,13 @@ type), which we never read. libcloud's 1.4 driver sends no CONTEXT at all: refus
 
 from __future__ import annotations
 
-import base64
 import functools
 import logging
 from typing import Any
-from urllib.parse import urlparse
 
 from vmdirac.drivers.base import INSTANCE_TAG, BadConfiguration, BootRequest, DriverError, Flavor, Limits, Node, NodeState
-from vmdirac.drivers.cloud_common import LibcloudDriver, split_list
-from vmdirac.drivers.opennebula import TAG_ATTRS, by_text, tag_attribute
+from vmdirac.drivers.cloud_common import LibcloudDriver, http_url, split_list
+from vmdirac.drivers.opennebula import TAG_ATTRS, boot_context, by_text, tag_attribute
 
 log = logging.getLogger(__name__)
 
@@ -107,16 +105,13 @@ class OpenNebulaOCCIDriver(LibcloudDriver):
         self.plain_auth = bool(self.extra.get("PlainAuth", False))
         if self.plain_auth and self.api_version != "3.8":
             raise BadConfiguration(f"endpoint {name}: PlainAuth is for OCCI APIVersion 3.8 only")
-        self.url = urlparse(opts.URL)
-        if self.url.scheme not in ("http", "https") or not self.url.hostname:
-            raise BadConfiguration(f"endpoint {name}: URL is http(s)://host:4567[/path] (the OCCI server)")
+        self.url, self.secure, self.port = http_url(name, opts.URL,
+                                                    "URL is http(s)://host:4567[/path] (the OCCI server)")
 
     def _connect(self) -> Any:
         user, password = self.creds.require(self.endpoint.name, "username", "password")
-        secure = self.url.scheme == "https"
         conn = _libcloud_class(self.api_version, self.plain_auth)(
-            user, password, secure=secure, host=self.url.hostname, port=self.url.port or (443 if secure else 80),
-            api_version=self.api_version)
+            user, password, secure=self.secure, host=self.url.hostname, port=self.port, api_version=self.api_version)
         conn.connection.request_path = self.url.path.rstrip("/")
         return conn
 
@@ -137,10 +132,7 @@ class OpenNebulaOCCIDriver(LibcloudDriver):
             raise BadConfiguration(f"endpoint {self.endpoint.name}: image needs ImageID (storage) and Flavor "
                                    "(instance type)")
         conn = self.conn
-        context = {"USER_DATA": base64.b64encode(request.user_data).decode(), "USERDATA_ENCODING": "base64",
-                   "NETWORK": "YES", "SET_HOSTNAME": request.instance_name}
-        if opts.KeyName:
-            context["SSH_PUBLIC_KEY"] = opts.KeyName
+        context = boot_context(request, opts.KeyName)
         context.update({tag_attribute(k): v for k, v in tags.items()})
         networks = [OpenNebulaNetwork(n, None, None, 1, conn) for n in self._network_ids()]
         try:

@@ -22,7 +22,7 @@ from vmdirac.drivers.base import (
     DEPLOYMENT_TAG, INSTANCE_TAG, AuthError, BadConfiguration, BootRequest, CapacityError, DriverError, Flavor,
     Limits, Node, NodeState, QuotaError,
 )
-from vmdirac.drivers.cloud_common import LIBCLOUD_STATE_MAP, LibcloudDriver, libcloud_node, split_list
+from vmdirac.drivers.cloud_common import LIBCLOUD_STATE_MAP, LibcloudDriver, libcloud_node, or_none, split_list
 
 log = logging.getLogger(__name__)
 
@@ -140,16 +140,10 @@ class OpenStackDriver(LibcloudDriver):
             raise
 
     def _lookup_image(self, image_id: str) -> Any:
-        try:
-            return self._image(image_id)
-        except BadConfiguration:
-            return None
+        return or_none(self._image, image_id)
 
     def _lookup_flavor(self, flavor: str) -> Any:
-        try:
-            return self._size(flavor)
-        except BadConfiguration:
-            return None
+        return or_none(self._size, flavor)
 
     # ------------------------------------------------------------ limits and flavors
 

@@ -9,7 +9,6 @@ user's jobs.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -19,6 +18,7 @@ from dataclasses import dataclass, replace
 from sqlalchemy.engine import Connection
 
 from vmdirac.core.exceptions import InvalidArgument
+from vmdirac.core.group_commit import GroupCommit
 from vmdirac.core.export import Caller, export
 from vmdirac.db.job_db import MatchedJob
 from vmdirac.logic.job_access import pilot_identity
@@ -71,52 +71,19 @@ def match_batch(store: JobStore, conn: Connection, requests: list[MatchRequest])
     return [None if c is None else {**jobs[c.job_id], "TQId": c.tq_id} for c in claims]
 
 
-class MatchQueue:
-    """Group commit of matches. A request is served at once when a writer is free; requests
-    arriving while the writers work go together in the next batch: one transaction, one claim
-    and one statement per kind for all of them, so the DB work per match falls as the rate rises.
-    Each request gets its own job and is answered only once that transaction is committed.
+class MatchQueue(GroupCommit[MatchRequest, "dict | None"]):
+    """Group commit of matches (``core.group_commit``): requests arriving together are served
+    by one transaction, one claim and one statement per kind for all of them. Each request gets
+    its own job and is answered only once that transaction is committed.
 
     A batch that fails is served again one request per transaction, so that one bad job (say,
-    no longer Waiting) fails its own request, loudly, and not its neighbours'. Runs on the IOLoop;
-    the transactions run on ``executor``."""
+    no longer Waiting) fails its own request, loudly, and not its neighbours'."""
 
     def __init__(self, store: JobStore, match: Callable[[Connection, list[MatchRequest]], list[dict | None]],
                  executor: ThreadPoolExecutor, writers: int, max_batch: int = 64) -> None:
+        super().__init__(self._serve, writers, max_batch, executor)
         self.store = store
         self.match = match                     # match_batch, inside a transaction
-        self.executor = executor
-        self.writers = writers                 # batches in flight at once
-        self.max_batch = max_batch
-        self.active = 0
-        self.pending: list[tuple[MatchRequest, asyncio.Future]] = []
-
-    async def submit(self, request: MatchRequest) -> dict | None:
-        answer = asyncio.get_running_loop().create_future()
-        self.pending.append((request, answer))
-        if self.active < self.writers:
-            self.active += 1
-            asyncio.ensure_future(self._write())
-        return await answer
-
-    async def _write(self) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            while self.pending:
-                batch, self.pending = self.pending[:self.max_batch], self.pending[self.max_batch:]
-                try:
-                    results = await loop.run_in_executor(self.executor, self._serve, [r for r, _ in batch])
-                except Exception as e:  # noqa: BLE001 (the executor is shut down: nobody waits forever)
-                    results = [e] * len(batch)
-                for (_, answer), result in zip(batch, results):
-                    if answer.done():                  # its caller went away: nothing to tell
-                        continue
-                    if isinstance(result, Exception):
-                        answer.set_exception(result)
-                    else:
-                        answer.set_result(result)
-        finally:
-            self.active -= 1
 
     def _serve(self, requests: list[MatchRequest]) -> list[dict | None | Exception]:
         run = self.store.jobdb.run

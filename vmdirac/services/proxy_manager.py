@@ -32,6 +32,7 @@ from vmdirac.core import x509 as X
 from vmdirac.core.db import utcnow
 from vmdirac.core.exceptions import InvalidArgument, NotAuthorized, NotFound, SecurityError
 from vmdirac.core.export import Caller, Service, export
+from vmdirac.core.tls import ca_files
 from vmdirac.db.proxy_db import ProxyDB, SecretBox, StoredCredential
 
 log = logging.getLogger(__name__)
@@ -62,10 +63,8 @@ def read_pkcs12(data: bytes, password: str) -> tuple[object, x509.Certificate, l
 
 
 def trusted_cas(location: Path) -> list[x509.Certificate]:
-    files = sorted(p for p in location.iterdir() if p.suffix in (".pem", ".crt", ".0")) if location.is_dir() \
-        else [location]
     cas: list[x509.Certificate] = []
-    for f in files:
+    for f in ca_files(location):
         cas += X.load_certificates(f.read_bytes(), str(f))
     return cas
 

@@ -26,6 +26,7 @@ from typing import Any
 
 from vmdirac.core.exceptions import IllegalTransition, InvalidArgument, NotAuthorized, NotFound
 from vmdirac.core.export import Caller, Service, export
+from vmdirac.core.group_commit import GroupCommit
 from vmdirac.db.endpoint_status_db import EndpointStatusDB
 from vmdirac.db.task_queue_db import TaskQueueDB
 from vmdirac.db.virtual_machine_db import ATTRIBUTES, FILTERABLE, GROUPABLE, Beat, InstanceFilter, VirtualMachineDB
@@ -82,47 +83,6 @@ def make_filter(caller: Caller, select: dict[str, Any], pod_vos: dict[str, str])
     return InstanceFilter(narrow(values, visible_filter(caller, pod_vos)), since, until)
 
 
-class HeartbeatQueue:
-    """Group commit of heartbeats. A beat is written at once when the DB is free; beats arriving
-    while a batch is being written go together in the next one (one transaction, one statement
-    per kind for all of them), so the DB work per beat falls as the rate rises. Each caller is
-    answered once its own beat is committed: nothing is acknowledged before it is in the DB, and
-    the DB stays the only state (any number of service processes). Runs on the IOLoop."""
-
-    def __init__(self, db: VirtualMachineDB, max_batch: int = 500, writers: int = 2) -> None:
-        self.db = db
-        self.max_batch = max_batch
-        self.writers = writers                   # batches written at the same time
-        self.active = 0
-        self.pending: list[tuple[Beat, asyncio.Future]] = []
-
-    async def submit(self, beat: Beat) -> str:
-        answer = asyncio.get_running_loop().create_future()
-        self.pending.append((beat, answer))
-        if self.active < self.writers:
-            self.active += 1
-            asyncio.ensure_future(self._write())
-        return await answer
-
-    async def _write(self) -> None:
-        try:
-            while self.pending:
-                batch, self.pending = self.pending[:self.max_batch], self.pending[self.max_batch:]
-                try:
-                    results: list = await asyncio.to_thread(self.db.heartbeats, [beat for beat, _ in batch])
-                except Exception as e:   # the whole transaction failed: every beat of it did
-                    results = [e] * len(batch)
-                for (_, answer), result in zip(batch, results):
-                    if answer.done():
-                        continue
-                    if isinstance(result, Exception):
-                        answer.set_exception(result)
-                    else:
-                        answer.set_result(result)
-        finally:
-            self.active -= 1
-
-
 class VirtualMachineManagerService(Service):
     system = "WorkloadManagement"
     name = "VirtualMachineManager"
@@ -131,7 +91,9 @@ class VirtualMachineManagerService(Service):
         self.db = VirtualMachineDB(self.context.engine)
         self.db.create_tables()
         self._pods: tuple[int, dict[str, str]] = (-1, {})
-        self.heartbeats = HeartbeatQueue(self.db)
+        # Group commit of heartbeats: nothing is acknowledged before it is in the DB, and beats
+        # arriving together share one transaction (one statement per kind for all of them).
+        self.heartbeats = GroupCommit(self.db.heartbeats, writers=2, max_batch=500)
         self.tqdb = TaskQueueDB(self.context.engine)
         self.tqdb.create_tables()
         self.endpoint_status = EndpointStatusDB(self.context.engine)

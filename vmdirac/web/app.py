@@ -43,8 +43,7 @@ class NotFoundPage(PortalHandler):
 
     def prepare(self) -> None:
         self.set_status(404)
-        self.set_header("Content-Type", "application/json")
-        self.finish('{"OK": false, "Message": "no such page"}')
+        self.answer({"OK": False, "Message": "no such page"})
 
 
 def routes(state: PortalState) -> list[tuple]:

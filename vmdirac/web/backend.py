@@ -34,15 +34,15 @@ class Backend:
         self.config = config
         self.timeout = timeout
         # One TLS context (the host certificate) for every user's credentials: loading it is the
-        # expensive part, and what differs per user is only the extraCredentials field.
-        self._shared_ctx: dict = {}
-        self._host = dataclasses.replace(host, use_host=False, delegate=None, _ctx=self._shared_ctx)
+        # expensive part, and what differs per user is only the extraCredentials field. Copies
+        # made with dataclasses.replace share this cache dict.
+        self._host = dataclasses.replace(host, use_host=False, delegate=None, _ctx={})
         self._clients: OrderedDict[tuple[str, str, str], RPCClient] = OrderedDict()
         self._max = max_clients
         self._lock = threading.Lock()
 
     def credentials(self, user: WebUser) -> ClientCredentials:
-        return dataclasses.replace(self._host, delegate=(user.dn, user.group), _ctx=self._shared_ctx)
+        return dataclasses.replace(self._host, delegate=(user.dn, user.group))
 
     def client(self, user: WebUser, service: str) -> RPCClient:
         key = (service, user.dn, user.group)

@@ -10,7 +10,7 @@ import logging
 import re
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 import tornado.web
@@ -168,22 +168,26 @@ class PortalHandler(tornado.web.RequestHandler):
     def refuse(self, status: int, reason: str) -> None:
         if self.json_api or self.request.method not in SAFE_METHODS:
             self.set_status(status)
-            self.set_header("Content-Type", "application/json")
-            self.finish(to_json({"OK": False, "Message": reason}))
+            self.answer({"OK": False, "Message": reason})
         else:
-            self.set_status(status)
-            self.render("login.html", reason=reason, user=None, title="Log in", page="login")
+            self.login_page(status, reason)
+
+    def login_page(self, status: int, reason: str) -> None:
+        self.set_status(status)
+        self.render("login.html", reason=reason, user=None, title="Log in", page="login")
 
     # ------------------------------------------------------------ answers
 
-    def reply(self, value: Any) -> None:
+    def answer(self, envelope: dict) -> None:
         self.set_header("Content-Type", "application/json")
-        self.finish(to_json({"OK": True, "Value": value}))
+        self.finish(to_json(envelope))
+
+    def reply(self, value: Any) -> None:
+        self.answer({"OK": True, "Value": value})
 
     def fail(self, err: VMDiracError) -> None:
         self.set_status(status_of(err))
-        self.set_header("Content-Type", "application/json")
-        self.finish(to_json({"OK": False, "Message": err.message}))
+        self.answer({"OK": False, "Message": err.message})
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
@@ -194,8 +198,7 @@ class PortalHandler(tornado.web.RequestHandler):
         message = self._reason
         if getattr(self, "error_id", None):
             message = f"internal error in the portal (error id {self.error_id}); the server log has the details"
-        self.set_header("Content-Type", "application/json")
-        self.finish(to_json({"OK": False, "Message": message}))
+        self.answer({"OK": False, "Message": message})
 
     def int_arg(self, name: str, default: int, low: int = 0, high: int = MAX_ID) -> int:
         """A whole-number query argument between ``low`` and ``high``, else 400."""
@@ -233,7 +236,7 @@ class PageHandler(PortalHandler):
             session_id, session = await self.run(self.state.sessions.start, self.user.dn, self.user.group,
                                                   "certificate")
             set_session_cookie(self, session_id, session.expires)
-            self.user = web_user(self.state.config.current.registry, self.user.dn, self.user.group, session_id)
+            self.user = replace(self.user, session_id=session_id)
         self.render(self.template, user=self.user, title=self.title, page=self.template.split(".")[0],
                     **self.page_args())
 

@@ -50,18 +50,15 @@ class LoginHandler(PortalHandler):
         found = await self.run(self.state.sessions.login_with_token, token)
         if found is None:
             log.warning("portal: refused a login link from %s: used, expired or unknown", self.request.remote_ip)
-            self.set_status(403)
-            return self.render("login.html", user=None, title="Log in", page="login",
-                               reason="refused: this login link was already used or has expired; "
-                                      "run dirac-web-login for a new one")
+            return self.login_page(403, "refused: this login link was already used or has expired; "
+                                        "run dirac-web-login for a new one")
         session_id, session = found
         try:   # the Registry may have changed since the link was made
             user = web_user(self.state.config.current.registry, session.dn, session.group, session_id, "link")
         except NotAuthenticated as e:
             await self.run(self.state.sessions.end, session_id)
             log.warning("portal: refused a login link from %s: %s", self.request.remote_ip, e.message)
-            self.set_status(403)
-            return self.render("login.html", user=None, title="Log in", page="login", reason=f"refused: {e.message}")
+            return self.login_page(403, f"refused: {e.message}")
         previous = self.get_cookie(COOKIE)
         if previous:   # the browser forgets the old one now: so does the DB
             await self.run(self.state.sessions.end, previous)
